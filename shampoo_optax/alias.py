@@ -1,0 +1,114 @@
+# Copyright 2026 The shampoo_optax Authors.
+# SPDX-License-Identifier: Apache-2.0
+"""shampoo(): the complete optimizer, as optax's aliases are built."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import optax
+
+from shampoo_optax import transform
+
+
+def shampoo(
+    learning_rate: optax.ScalarOrSchedule,
+    block_size: int = 128,
+    b1: jax.typing.ArrayLike = 0.9,
+    b2: jax.typing.ArrayLike = 0.999,
+    eps: jax.typing.ArrayLike = 1e-8,
+    matrix_eps: jax.typing.ArrayLike = 1e-6,
+    precondition_every: int = 10,
+    start_preconditioning_step: int = 10,
+    graft: str = "adam",
+    nesterov: bool = False,
+    exponent_override: int | None = None,
+    max_merged_dim: int | None = None,
+    skip_preconditioning_dim_size_gt: int = 4096,
+    root_method: str = "auto",
+    stagger_root_refresh: bool = True,
+    max_root_error: jax.typing.ArrayLike = 0.25,
+    mu_dtype: Any | None = None,
+    weight_decay: jax.typing.ArrayLike = 0.0,
+    weight_decay_mask: Any | Callable[[optax.Params], Any] | None = None,
+) -> optax.GradientTransformationExtraArgs:
+  r"""Distributed Shampoo with grafting and decoupled weight decay.
+
+  Shampoo (`Anil et al., 2020 <https://arxiv.org/abs/2002.09018>`_)
+  preconditions each block ``G`` of a parameter with inverse roots of its
+  gradient statistics, ``L^(-1/4) G R^(-1/4)`` for a matrix, and takes its step
+  size per block from a diagonal method (Adam by default). Start from the
+  learning rate and weight decay that work for ``optax.adamw`` on the same
+  model: with the default Adam grafting they carry over.
+
+  This is ``optax.chain(scale_by_shampoo(...),
+  optax.add_decayed_weights(weight_decay, weight_decay_mask),
+  optax.scale_by_learning_rate(learning_rate))``; see
+  :func:`shampoo_optax.scale_by_shampoo` for the other arguments and for which
+  ones are static under ``optax.inject_hyperparams``.
+
+  Args:
+    learning_rate: a float or an optax schedule.
+    block_size: largest side of a preconditioned block.
+    b1: decay of the first moment (momentum).
+    b2: decay of the statistics and of the grafting second moment.
+    eps: epsilon of the grafting method.
+    matrix_eps: ridge relative to each statistic's largest eigenvalue.
+    precondition_every: inverse roots are recomputed every this many steps.
+    start_preconditioning_step: steps that use the grafting method alone.
+    graft: the diagonal method Shampoo grafts from.
+    nesterov: Nesterov momentum.
+    exponent_override: fixed root exponent instead of ``2k``.
+    max_merged_dim: merge adjacent dimensions up to this product.
+    skip_preconditioning_dim_size_gt: dimensions larger than this get no
+      statistic.
+    root_method: ``'auto'``, ``'newton'`` or ``'eigh'``.
+    stagger_root_refresh: spread root refreshes evenly over steps.
+    max_root_error: roots with a larger error estimate are rejected.
+    mu_dtype: dtype of the first moment.
+    weight_decay: decoupled weight decay, multiplied by the learning rate as in
+      ``optax.adamw``.
+    weight_decay_mask: a tree of booleans, or a function of the params that
+      returns one, selecting the parameters to decay.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, optax
+    >>> import shampoo_optax
+    >>> def loss(params):
+    ...   return jnp.sum((params["w"] @ jnp.ones(3) - 1.0) ** 2)
+    >>> params = {"w": jnp.full((4, 3), 0.5)}
+    >>> tx = shampoo_optax.shampoo(learning_rate=1e-2, block_size=4)
+    >>> state = tx.init(params)
+    >>> for _ in range(3):
+    ...   grads = jax.grad(loss)(params)
+    ...   updates, state = tx.update(grads, state, params)
+    ...   params = optax.apply_updates(params, updates)
+    >>> bool(loss(params) < 2.25)
+    True
+  """
+  return optax.chain(
+      transform.scale_by_shampoo(
+          block_size=block_size,
+          b1=b1,
+          b2=b2,
+          eps=eps,
+          matrix_eps=matrix_eps,
+          precondition_every=precondition_every,
+          start_preconditioning_step=start_preconditioning_step,
+          graft=graft,
+          nesterov=nesterov,
+          exponent_override=exponent_override,
+          max_merged_dim=max_merged_dim,
+          skip_preconditioning_dim_size_gt=skip_preconditioning_dim_size_gt,
+          root_method=root_method,
+          stagger_root_refresh=stagger_root_refresh,
+          max_root_error=max_root_error,
+          mu_dtype=mu_dtype,
+      ),
+      optax.add_decayed_weights(weight_decay, weight_decay_mask),
+      optax.scale_by_learning_rate(learning_rate),
+  )

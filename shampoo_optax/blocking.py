@@ -1,0 +1,322 @@
+# Copyright 2026 The shampoo_optax Authors.
+# SPDX-License-Identifier: Apache-2.0
+"""The static block plan: parameter shapes -> blocks -> stacks, and back.
+
+The plan is plain Python data computed from the shapes of the parameters (it is
+hashable, cached, never traced and never stored in the optimizer state):
+
+1. Each parameter is reshaped: dimensions of size one are dropped and adjacent
+   dimensions are merged while their product stays <= ``max_merged_dim``, so a
+   ``(3, 3, 64, 128)`` convolution kernel becomes ``(576, 128)`` when
+   ``max_merged_dim >= 576``. Tensors that end up with fewer than two
+   dimensions (scalars, vectors, small matrices) take the diagonal method only.
+2. Dimensions larger than ``skip_preconditioning_dim_size_gt`` get no statistic
+   (a vocabulary axis, say): they are preconditioned on the other side only and
+   are not split. The other dimensions are split into blocks of ``block_size``,
+   with a smaller block for the remainder.
+3. Blocks of equal shape, from any parameter, are stacked: one array
+   ``[num_blocks, *block_shape]`` per stack.
+4. Statistics of equal size and equal root exponent, from any stack and axis,
+   are grouped: one array ``[num_matrices, dim, dim]`` per group. A root
+   refresh is one batched computation per group.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import itertools
+import math
+import string
+
+import jax
+import jax.numpy as jnp
+
+
+@dataclasses.dataclass(frozen=True)
+class Piece:
+  """A rectangular region of a reshaped parameter, cut into equal blocks."""
+
+  start: tuple[int, ...]  # offset of the region along each axis
+  grid: tuple[int, ...]  # number of blocks along each axis
+  block_shape: tuple[int, ...]
+
+  @property
+  def num_blocks(self) -> int:
+    return math.prod(self.grid)
+
+
+@dataclasses.dataclass(frozen=True)
+class LeafPlan:
+  """How one parameter is preconditioned."""
+
+  shape: tuple[int, ...]  # the parameter's shape
+  merged_shape: tuple[int, ...]  # after dropping 1s and merging small dims
+  preconditioned: tuple[bool, ...]  # per merged axis; () = diagonal only
+  exponent: int  # p of the inverse p-th roots; 0 for diagonal-only leaves
+  # Pieces in row-major order over the per-axis segments (at most two per
+  # axis: the full blocks and the remainder), so they tile merged_shape.
+  pieces: tuple[Piece, ...]
+  segments: tuple[int, ...]  # number of segments along each axis
+
+  @property
+  def is_preconditioned(self) -> bool:
+    return bool(self.pieces)
+
+
+@dataclasses.dataclass(frozen=True)
+class Stack:
+  """Blocks of one shape, stacked along a new leading axis."""
+
+  block_shape: tuple[int, ...]
+  preconditioned: tuple[bool, ...]
+  exponent: int
+  members: tuple[tuple[int, int], ...]  # (leaf index, piece index), in order
+  size: int  # total number of blocks
+  # For each preconditioned axis: (axis, group index, offset in the group).
+  statistics: tuple[tuple[int, int, int], ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Group:
+  """Statistics of one size and one root exponent, stacked."""
+
+  dim: int
+  exponent: int
+  size: int  # number of matrices that hold statistics
+  padded_size: int  # size rounded up for sharding (extra matrices stay zero)
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  leaves: tuple[LeafPlan, ...]
+  stacks: tuple[Stack, ...]
+  groups: tuple[Group, ...]
+
+  def block_location(self, leaf: int) -> tuple[tuple[int, int, int], ...]:
+    """(stack index, first block, number of blocks) for each piece of a leaf."""
+    out = []
+    for s, stack in enumerate(self.stacks):
+      offset = 0
+      for leaf_index, piece_index in stack.members:
+        n = self.leaves[leaf_index].pieces[piece_index].num_blocks
+        if leaf_index == leaf:
+          out.append((s, offset, n))
+        offset += n
+    return tuple(out)
+
+
+def merge_small_dims(shape: tuple[int, ...], max_dim: int) -> tuple[int, ...]:
+  """Drops size-1 dims and merges adjacent dims while the product is <= max_dim.
+
+  >>> merge_small_dims((3, 3, 64, 128), 1024)
+  (576, 128)
+  >>> merge_small_dims((3, 3, 64, 128), 128)
+  (9, 64, 128)
+  >>> merge_small_dims((1, 512, 1), 128)
+  (512,)
+  """
+  merged = []
+  current = 1
+  for d in shape:
+    if d == 1:
+      continue
+    if current * d <= max_dim or current == 1:
+      current *= d
+    else:
+      merged.append(current)
+      current = d
+  if current > 1:
+    merged.append(current)
+  return tuple(merged)
+
+
+def _segments(dim: int, block: int) -> list[tuple[int, int, int]]:
+  """(start, number of blocks, block size) covering [0, dim)."""
+  full, rest = divmod(dim, block)
+  out = []
+  if full:
+    out.append((0, full, block))
+  if rest:
+    out.append((full * block, 1, rest))
+  return out
+
+
+def plan_leaf(
+    shape: tuple[int, ...],
+    *,
+    block_size: int,
+    max_merged_dim: int,
+    skip_preconditioning_dim_size_gt: int,
+    exponent_override: int | None,
+) -> LeafPlan:
+  merged = merge_small_dims(shape, max_merged_dim)
+  preconditioned = tuple(d <= skip_preconditioning_dim_size_gt for d in merged)
+  num_preconditioned = sum(preconditioned)
+  if len(merged) < 2 or num_preconditioned == 0:
+    return LeafPlan(shape, merged, (), 0, (), ())
+  per_axis = [
+      _segments(d, block_size if pre else d)
+      for d, pre in zip(merged, preconditioned)
+  ]
+  pieces = tuple(
+      Piece(
+          start=tuple(s[0] for s in combo),
+          grid=tuple(s[1] for s in combo),
+          block_shape=tuple(s[2] for s in combo),
+      )
+      for combo in itertools.product(*per_axis)
+  )
+  exponent = exponent_override or 2 * num_preconditioned
+  return LeafPlan(
+      shape, merged, preconditioned, exponent, pieces,
+      tuple(len(s) for s in per_axis),
+  )
+
+
+@functools.lru_cache(maxsize=256)
+def make_plan(
+    shapes: tuple[tuple[int, ...], ...],
+    *,
+    block_size: int,
+    max_merged_dim: int,
+    skip_preconditioning_dim_size_gt: int,
+    exponent_override: int | None,
+    shard_multiple: int = 1,
+) -> Plan:
+  """Builds the plan for parameters of the given shapes (in tree order)."""
+  leaves = tuple(
+      plan_leaf(
+          s,
+          block_size=block_size,
+          max_merged_dim=max_merged_dim,
+          skip_preconditioning_dim_size_gt=skip_preconditioning_dim_size_gt,
+          exponent_override=exponent_override,
+      )
+      for s in shapes
+  )
+  # Stacks, in order of first appearance.
+  members: dict[tuple, list[tuple[int, int]]] = {}
+  for i, leaf in enumerate(leaves):
+    for j, piece in enumerate(leaf.pieces):
+      key = (piece.block_shape, leaf.preconditioned, leaf.exponent)
+      members.setdefault(key, []).append((i, j))
+  # Groups of statistics, keyed by (dim, exponent), in order of appearance.
+  group_sizes: dict[tuple[int, int], int] = {}
+  stacks = []
+  for (block_shape, pre, exponent), mem in members.items():
+    size = sum(leaves[i].pieces[j].num_blocks for i, j in mem)
+    statistics = []
+    for axis, (dim, is_pre) in enumerate(zip(block_shape, pre)):
+      if not is_pre:
+        continue
+      key = (dim, exponent)
+      offset = group_sizes.get(key, 0)
+      group_index = list(group_sizes).index(key) if key in group_sizes else len(group_sizes)
+      group_sizes[key] = offset + size
+      statistics.append((axis, group_index, offset))
+    stacks.append(Stack(block_shape, pre, exponent, tuple(mem), size, tuple(statistics)))
+  groups = tuple(
+      Group(dim, exponent, size, -(-size // shard_multiple) * shard_multiple)
+      for (dim, exponent), size in group_sizes.items()
+  )
+  return Plan(leaves, tuple(stacks), groups)
+
+
+# ---------------------------------------------------------------------------
+# Array layout conversions. Python loops here run over the static plan at trace
+# time; each conversion compiles to reshapes, transposes and one concatenation
+# per stack.
+
+
+def _to_blocks(x: jax.Array, piece: Piece) -> jax.Array:
+  """Cuts a region of x into blocks: [num_blocks, *block_shape]."""
+  k = x.ndim
+  limit = [s + g * b for s, g, b in zip(piece.start, piece.grid, piece.block_shape)]
+  region = jax.lax.slice(x, piece.start, limit)
+  interleaved = [v for g, b in zip(piece.grid, piece.block_shape) for v in (g, b)]
+  region = region.reshape(interleaved)
+  perm = list(range(0, 2 * k, 2)) + list(range(1, 2 * k, 2))
+  return region.transpose(perm).reshape((piece.num_blocks, *piece.block_shape))
+
+
+def _from_blocks(blocks: jax.Array, piece: Piece) -> jax.Array:
+  """Inverse of _to_blocks: [num_blocks, *block_shape] -> the region."""
+  k = len(piece.grid)
+  x = blocks.reshape((*piece.grid, *piece.block_shape))
+  perm = [v for i in range(k) for v in (i, k + i)]
+  return x.transpose(perm).reshape(
+      [g * b for g, b in zip(piece.grid, piece.block_shape)]
+  )
+
+
+def to_stacks(plan: Plan, leaves: list[jax.Array], dtype=None) -> list[jax.Array]:
+  """Parameter-shaped arrays (tree order) -> one array per stack."""
+  reshaped = {}
+  for i, leaf in enumerate(plan.leaves):
+    if leaf.is_preconditioned:
+      x = leaves[i] if dtype is None else leaves[i].astype(dtype)
+      reshaped[i] = x.reshape(leaf.merged_shape)
+  out = []
+  for stack in plan.stacks:
+    parts = [
+        _to_blocks(reshaped[i], plan.leaves[i].pieces[j]) for i, j in stack.members
+    ]
+    out.append(parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=0))
+  return out
+
+
+def from_stacks(plan: Plan, stacks: list[jax.Array]) -> list[jax.Array | None]:
+  """One array per stack -> parameter-shaped arrays (None: diagonal-only leaf)."""
+  regions: dict[tuple[int, int], jax.Array] = {}
+  for stack, array in zip(plan.stacks, stacks):
+    offset = 0
+    for i, j in stack.members:
+      piece = plan.leaves[i].pieces[j]
+      blocks = array[offset : offset + piece.num_blocks]
+      regions[(i, j)] = _from_blocks(blocks, piece)
+      offset += piece.num_blocks
+  out = []
+  for i, leaf in enumerate(plan.leaves):
+    if not leaf.is_preconditioned:
+      out.append(None)
+      continue
+    parts = [regions[(i, j)] for j in range(len(leaf.pieces))]
+    out.append(_assemble(parts, leaf.segments).reshape(leaf.shape))
+  return out
+
+
+def _assemble(parts: list[jax.Array], segments: tuple[int, ...]) -> jax.Array:
+  """Joins row-major tiles (segments[a] tiles along axis a) into one array."""
+  if len(parts) == 1:
+    return parts[0]
+
+  def nest(parts, axis):
+    if axis == len(segments):
+      return parts[0]
+    stride = len(parts) // segments[axis]
+    children = [nest(parts[s * stride : (s + 1) * stride], axis + 1)
+                for s in range(segments[axis])]
+    return children[0] if len(children) == 1 else jnp.concatenate(children, axis=axis)
+
+  return nest(parts, 0)
+
+
+def einsum_letters(rank: int) -> tuple[str, str]:
+  """Lower-case letters for a block's axes and upper-case partners."""
+  lower = string.ascii_lowercase[:rank]
+  return lower, lower.upper()
+
+
+def statistic_einsum(rank: int, axis: int) -> str:
+  """'nab,nAb->naA'-style: contracts every block axis except ``axis``."""
+  lower, upper = einsum_letters(rank)
+  other = lower[:axis] + upper[axis] + lower[axis + 1 :]
+  return f"z{lower},z{other}->z{lower[axis]}{upper[axis]}"
+
+
+def precondition_einsum(rank: int, axis: int) -> str:
+  """'nab,naA->nAb'-style: multiplies a block by a symmetric matrix on ``axis``."""
+  lower, upper = einsum_letters(rank)
+  out = lower[:axis] + upper[axis] + lower[axis + 1 :]
+  return f"z{lower},z{lower[axis]}{upper[axis]}->z{out}"

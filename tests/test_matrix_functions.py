@@ -1,0 +1,166 @@
+# Copyright 2026 The shampoo_optax Authors.
+# SPDX-License-Identifier: Apache-2.0
+"""Inverse p-th roots against float64 eigh references."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from shampoo_optax import matrix_inverse_pth_root
+
+P_VALUES = (1, 2, 3, 4, 6, 8)
+
+
+def random_psd(rng, n, condition, scale=1.0):
+  """A random symmetric matrix with eigenvalues log-spaced in [scale/cond, scale]."""
+  q, _ = np.linalg.qr(rng.standard_normal((n, n)))
+  w = scale * np.logspace(0, -np.log10(condition), n)
+  return (q * w) @ q.T
+
+
+def reference_root(a, p, ridge=0.0):
+  w, q = np.linalg.eigh(a)
+  return (q * (np.maximum(w, 0) + ridge) ** (-1.0 / p)) @ q.T
+
+
+def relative_error(x, ref):
+  return np.linalg.norm(np.asarray(x, np.float64) - ref) / np.linalg.norm(ref)
+
+
+root_jit = jax.jit(
+    matrix_inverse_pth_root,
+    static_argnames=("p", "method", "num_iters", "fallback_threshold"),
+)
+
+
+@pytest.mark.parametrize("method", ["newton", "eigh"])
+@pytest.mark.parametrize("n", [1, 2, 7, 64, 257])
+@pytest.mark.parametrize("condition,tolerance", [(1e2, 1e-3), (1e4, 5e-3)])
+def test_accuracy_against_float64(rng, method, n, condition, tolerance):
+  for p in P_VALUES:
+    for scale in (1e-9, 1.0, 1e9):
+      a = random_psd(rng, n, condition, scale)
+      root, error = root_jit(jnp.asarray(a, jnp.float32), p=p, method=method)
+      true_error = relative_error(root, reference_root(a, p))
+      assert root.dtype == jnp.float32
+      assert true_error <= tolerance, (p, scale, true_error)
+      assert np.isfinite(error) and error <= 20 * max(true_error, 1e-4), (p, scale)
+
+
+@pytest.mark.parametrize("method", ["newton", "eigh"])
+@pytest.mark.parametrize("p", [2, 6])
+def test_accuracy_size_1024(rng, method, p):
+  a = random_psd(rng, 1024, 1e4)
+  root, _ = root_jit(jnp.asarray(a, jnp.float32), p=p, method=method)
+  assert relative_error(root, reference_root(a, p)) <= 5e-3
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["newton", "eigh"])
+@pytest.mark.parametrize("p", [1, 3, 4, 8])
+def test_accuracy_size_1024_all_p(rng, method, p):
+  for condition, tolerance in ((1e2, 1e-3), (1e4, 5e-3)):
+    a = random_psd(rng, 1024, condition)
+    root, _ = root_jit(jnp.asarray(a, jnp.float32), p=p, method=method)
+    assert relative_error(root, reference_root(a, p)) <= tolerance
+
+
+@pytest.mark.parametrize("method", ["newton", "eigh"])
+def test_error_is_honest_when_float32_runs_out(rng, method):
+  """At condition 1e8 float32 roots are poor; the error must say so."""
+  for p in P_VALUES:
+    for n in (16, 128):
+      a = random_psd(rng, n, 1e8)
+      root, error = root_jit(jnp.asarray(a, jnp.float32), p=p, method=method)
+      true_error = relative_error(root, reference_root(a, p))
+      if true_error > 0.02:
+        assert error > 0.02, (p, n, true_error, error)
+      assert error >= true_error / 10, (p, n, true_error, error)
+
+
+def test_optax_reports_small_error_where_ours_is_accurate(rng):
+  """optax's root is wrong for p = 3, 6; ours is right on the same inputs."""
+  a = random_psd(rng, 32, 1e2)
+  for p in (3, 6):
+    ref = reference_root(a, p)
+    theirs, _ = optax.matrix_inverse_pth_root(jnp.asarray(a, jnp.float32), p, ridge_epsilon=0.0)
+    ours, _ = root_jit(jnp.asarray(a, jnp.float32), p=p)
+    assert relative_error(theirs, ref) > 1e-2
+    assert relative_error(ours, ref) < 1e-4
+
+
+@pytest.mark.parametrize("method", ["newton", "eigh"])
+@pytest.mark.parametrize("p", P_VALUES)
+def test_zero_matrix_with_ridge(method, p):
+  ridge = 1e-3
+  root, error = root_jit(jnp.zeros((5, 5)), p=p, method=method, ridge_epsilon=ridge)
+  np.testing.assert_allclose(root, ridge ** (-1.0 / p) * np.eye(5), rtol=1e-5)
+  assert error < 1e-5
+
+
+def test_singular_matrix_without_ridge_reports_infinite_error():
+  _, error = root_jit(jnp.zeros((3, 3)), p=2)
+  assert error == np.inf
+
+
+@pytest.mark.parametrize("method", ["newton", "eigh"])
+@pytest.mark.parametrize("p", [2, 4, 6])
+def test_low_rank_with_ridge(rng, method, p):
+  g = rng.standard_normal((96, 7))
+  a = g @ g.T
+  lam = np.linalg.eigvalsh(a)[-1]
+  for relative in (1e-2, 1e-4):
+    root, _ = root_jit(
+        jnp.asarray(a, jnp.float32), p=p, method=method, relative_ridge_epsilon=relative
+    )
+    ref = reference_root(a, p, ridge=relative * lam)
+    assert relative_error(root, ref) <= (1e-3 if relative == 1e-2 else 5e-3)
+
+
+def test_batched_equals_one_by_one_and_vmaps(rng):
+  a = np.stack([random_psd(rng, 12, c) for c in (1e1, 1e2, 1e3, 1e4)])
+  batched, errors = root_jit(jnp.asarray(a, jnp.float32), p=4)
+  assert batched.shape == (4, 12, 12) and errors.shape == (4,)
+  vmapped, _ = jax.vmap(lambda m: matrix_inverse_pth_root(m, 4))(jnp.asarray(a, jnp.float32))
+  for i in range(4):
+    ref = reference_root(a[i], 4)
+    assert relative_error(batched[i], ref) < 1e-3
+    assert relative_error(vmapped[i], ref) < 1e-3
+  nested, _ = root_jit(jnp.asarray(a.reshape(2, 2, 12, 12), jnp.float32), p=4)
+  np.testing.assert_allclose(nested.reshape(4, 12, 12), batched, rtol=1e-6, atol=1e-6)
+
+
+def test_newton_falls_back_to_eigh(rng):
+  a = jnp.asarray(random_psd(rng, 16, 1e3), jnp.float32)
+  ref = reference_root(np.asarray(a, np.float64), 4)
+  unconverged, error = root_jit(a, p=4, num_iters=2, fallback_threshold=None)
+  assert error > 0.1 and relative_error(unconverged, ref) > 0.1
+  fixed, error = root_jit(a, p=4, num_iters=2)
+  assert error < 1e-3 and relative_error(fixed, ref) < 1e-3
+
+
+def test_dtypes(rng):
+  a = random_psd(rng, 8, 1e2)
+  root, _ = matrix_inverse_pth_root(jnp.asarray(a, jnp.bfloat16), 2)
+  assert root.dtype == jnp.float32
+  with jax.enable_x64(True):
+    root, error = matrix_inverse_pth_root(jnp.asarray(a, jnp.float64), 3)
+    assert root.dtype == jnp.float64
+    assert relative_error(root, reference_root(a, 3)) < 1e-10
+    assert error < 1e-10
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [dict(p=0), dict(p=2.5), dict(p=True), dict(p=2, method="svd"), dict(p=2, num_iters=0)],
+)
+def test_invalid_arguments(kwargs):
+  with pytest.raises(ValueError):
+    matrix_inverse_pth_root(jnp.eye(3), **kwargs)
+
+
+def test_non_square_matrix():
+  with pytest.raises(ValueError, match="shape"):
+    matrix_inverse_pth_root(jnp.ones((3, 4)), 2)

@@ -1,0 +1,434 @@
+# Copyright 2026 The shampoo_optax Authors.
+# SPDX-License-Identifier: Apache-2.0
+"""scale_by_shampoo and shampoo: reference steps, grafting, reliability."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import shampoo_optax
+from shampoo_optax import blocking
+from tests.reference import NumpyShampoo
+
+SHAPES = {"w1": (8, 6), "w2": (6, 4), "w3": (3, 4, 5), "b": (4,)}
+
+
+def random_tree(rng, shapes=SHAPES, dtype=jnp.float32):
+  return {k: jnp.asarray(rng.standard_normal(s), dtype) for k, s in shapes.items()}
+
+
+def run_updates(tx, params, grads_seq, strict=True):
+  """Applies tx to a sequence of gradients; returns the list of updates.
+
+  optax's own optimizers mix int and float (decay**count), so they run with
+  standard promotion (strict=False); ours must pass strict promotion.
+  """
+  update = jax.jit(tx.update)
+  promotion = "strict" if strict else "standard"
+  with jax.numpy_dtype_promotion(promotion):
+    state = tx.init(params)
+    out = []
+    for grads in grads_seq:
+      updates, state = update(grads, state, params)
+      out.append(updates)
+  return out, state
+
+
+def assert_trees_close(a, b, rtol, atol):
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=rtol, atol=atol), a, b)
+
+
+# --- Against a hand-written float64 reference ------------------------------
+
+
+@pytest.mark.parametrize("stagger,k", [(False, 3), (True, 1), (False, 1)])
+def test_matches_numpy_reference(rng, stagger, k):
+  hp = dict(block_size=4, b1=0.9, b2=0.95, eps=1e-8, matrix_eps=1e-4,
+            precondition_every=k, start_preconditioning_step=2)
+  params = random_tree(rng)
+  grads_seq = [random_tree(rng) for _ in range(9)]
+  tx = shampoo_optax.shampoo(learning_rate=0.1, stagger_root_refresh=stagger, **hp)
+  ours, _ = run_updates(tx, params, grads_seq)
+  ref = NumpyShampoo(list(SHAPES.values()), learning_rate=0.1, **hp)
+  for t, (grads, got) in enumerate(zip(grads_seq, ours)):
+    want = ref.step(list(grads.values()))
+    for name, w in zip(SHAPES, want):
+      np.testing.assert_allclose(got[name], w, rtol=2e-4, atol=2e-6, err_msg=f"step {t + 1} {name}")
+
+
+# --- Grafting-only mode equals the optax optimizer -------------------------
+
+GRAFT_EQUIVALENTS = [
+    ("adam", dict(b1=0.9, b2=0.999, eps=1e-8), optax.adam(0.01, b1=0.9, b2=0.999, eps=1e-8)),
+    ("adam", dict(b1=0.8, b2=0.99, eps=1e-6, nesterov=True),
+     optax.adam(0.01, b1=0.8, b2=0.99, eps=1e-6, nesterov=True)),
+    ("adam", dict(b1=0.0, b2=0.9, eps=1e-8), optax.adam(0.01, b1=0.0, b2=0.9)),
+    ("rmsprop", dict(b1=0.0, b2=0.9, eps=1e-8), optax.rmsprop(0.01, decay=0.9, eps=1e-8)),
+    ("adagrad", dict(b1=0.0, eps=1e-7),
+     optax.adagrad(0.01, initial_accumulator_value=0.0, eps=1e-7)),
+    ("sgd", dict(b1=0.0), optax.sgd(0.01)),
+]
+
+
+@pytest.mark.parametrize("graft,kwargs,reference", GRAFT_EQUIVALENTS)
+def test_grafting_only_equals_optax(rng, graft, kwargs, reference):
+  params = random_tree(rng)
+  grads_seq = [random_tree(rng) for _ in range(6)]
+  tx = shampoo_optax.shampoo(
+      0.01, block_size=4, graft=graft, start_preconditioning_step=100, **kwargs
+  )
+  ours, _ = run_updates(tx, params, grads_seq)
+  theirs, _ = run_updates(reference, params, grads_seq, strict=False)
+  for a, b in zip(ours, theirs):
+    assert_trees_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_graft_none_is_raw_shampoo_direction(rng):
+  params = random_tree(rng, {"w": (4, 4)})
+  grads = random_tree(rng, {"w": (4, 4)})
+  tx = shampoo_optax.scale_by_shampoo(
+      block_size=4, graft="none", b1=0.0, b2=1.0, matrix_eps=0.0,
+      start_preconditioning_step=0, precondition_every=1,
+  )
+  (update,), _ = run_updates(tx, params, [grads])
+  # One full-rank gradient G = U S V^T and plain sums: L = G G^T, R = G^T G,
+  # so L^(-1/4) G R^(-1/4) = U V^T.
+  u, _, vt = np.linalg.svd(np.asarray(grads["w"], np.float64))
+  np.testing.assert_allclose(update["w"], u @ vt, rtol=1e-3, atol=1e-4)
+
+
+def test_rmsprop_normalized_by_hand(rng):
+  params = random_tree(rng, {"b": (5,)})
+  grads_seq = [random_tree(rng, {"b": (5,)}) for _ in range(3)]
+  tx = shampoo_optax.scale_by_shampoo(graft="rmsprop_normalized", b1=0.0, b2=0.9, eps=1e-8)
+  ours, _ = run_updates(tx, params, grads_seq)
+  nu = np.zeros(5)
+  for grads, got in zip(grads_seq, ours):
+    g = np.asarray(grads["b"], np.float64)
+    unit = g / np.linalg.norm(g)
+    nu = 0.9 * nu + 0.1 * unit**2
+    np.testing.assert_allclose(got["b"], unit / np.sqrt(nu + 1e-8), rtol=1e-5)
+
+
+# --- The block plan --------------------------------------------------------
+
+
+def test_plan_merges_blocks_and_skips():
+  plan = blocking.make_plan(
+      ((3, 3, 64, 128), (50000, 64), (300,), (1, 200, 1)),
+      block_size=128, max_merged_dim=1024, skip_preconditioning_dim_size_gt=4096,
+      exponent_override=None,
+  )
+  conv, embed, vector, squeezed = plan.leaves
+  assert conv.merged_shape == (576, 128) and conv.exponent == 4
+  assert [p.block_shape for p in conv.pieces] == [(128, 128), (64, 128)]
+  assert embed.preconditioned == (False, True) and embed.exponent == 2
+  assert [p.block_shape for p in embed.pieces] == [(50000, 64)]
+  assert not vector.is_preconditioned and not squeezed.is_preconditioned
+  dims = sorted((g.dim, g.exponent, g.size) for g in plan.groups)
+  assert dims == [(64, 2, 1), (64, 4, 1), (128, 4, 4 + 4 + 1)]
+
+
+@pytest.mark.parametrize("shape", [(7, 5), (9, 4, 6), (130, 3, 70), (2, 3, 4, 5)])
+def test_blocking_round_trip(rng, shape):
+  x = jnp.asarray(rng.standard_normal(shape), jnp.float32)
+  plan = blocking.make_plan((shape,), block_size=4, max_merged_dim=4,
+                            skip_preconditioning_dim_size_gt=100, exponent_override=None)
+  stacks = blocking.to_stacks(plan, [x])
+  assert sum(s.shape[0] for s in stacks) == sum(p.num_blocks for p in plan.leaves[0].pieces)
+  (back,) = blocking.from_stacks(plan, stacks)
+  np.testing.assert_array_equal(back, x)
+
+
+def test_conv_kernel_is_preconditioned_as_a_matrix(rng):
+  # (3, 3, 8, 16) merges to (72, 16): rows in blocks 4 x 16 + 8, columns 16.
+  tx = shampoo_optax.scale_by_shampoo(block_size=16, max_merged_dim=72)
+  state = tx.init(random_tree(rng, {"kernel": (3, 3, 8, 16)}))
+  assert sorted(s.shape for s in state.stats) == [(1, 8, 8), (4 + 5, 16, 16)]
+
+
+# --- Reliability -----------------------------------------------------------
+
+
+def test_failed_root_keeps_previous_and_is_counted(rng):
+  params = random_tree(rng, {"w": (4, 4)})
+  tx = shampoo_optax.scale_by_shampoo(
+      block_size=4, precondition_every=1, start_preconditioning_step=0
+  )
+  update = jax.jit(tx.update)
+  state = tx.init(params)
+  _, state = update(random_tree(rng, {"w": (4, 4)}), state)
+  good_roots = state.roots
+  broken = tuple(s.at[0, 0, 0].set(jnp.nan) for s in state.stats)
+  state = state._replace(stats=broken)
+  updates, state = update(random_tree(rng, {"w": (4, 4)}), state)
+  assert np.all(np.isfinite(updates["w"]))
+  # One group of 4x4 statistics: [0] is L (made NaN), [1] is R (still fine).
+  (old,), (new,), (failures,) = good_roots, state.roots, state.root_failures
+  np.testing.assert_array_equal(old[0], new[0])
+  assert not np.array_equal(old[1], new[1])
+  np.testing.assert_array_equal(failures, [1, 0])
+
+
+def test_root_error_threshold_rejects(rng):
+  params = random_tree(rng, {"w": (6, 6)})
+  tx = shampoo_optax.scale_by_shampoo(
+      block_size=6, precondition_every=1, start_preconditioning_step=0, max_root_error=1e-30
+  )
+  grads_seq = [random_tree(rng, {"w": (6, 6)}) for _ in range(3)]
+  _, state = run_updates(tx, params, grads_seq)
+  for roots, failures, errors in zip(state.roots, state.root_failures, state.root_errors):
+    np.testing.assert_array_equal(roots, np.broadcast_to(np.eye(6), roots.shape))
+    assert np.all(failures == 3) and np.all(errors > 0)
+
+
+def test_zero_gradients_give_finite_updates():
+  params = {"w": jnp.ones((5, 7)), "b": jnp.ones(7)}
+  tx = shampoo_optax.shampoo(1e-3, block_size=4, precondition_every=1, start_preconditioning_step=0)
+  ups, (state, *_) = run_updates(tx, params, [jax.tree.map(jnp.zeros_like, params)] * 3)
+  for u in ups:
+    for leaf in jax.tree.leaves(u):
+      np.testing.assert_array_equal(leaf, 0.0)
+  assert all(int(f.sum()) == 0 for f in state.root_failures)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(block_size=0), dict(block_size=-3), dict(block_size=2.5),
+        dict(precondition_every=0), dict(start_preconditioning_step=-1),
+        dict(b1=-0.1), dict(b1=1.0), dict(b2=1.5), dict(b2=-0.5), dict(eps=-1e-8),
+        dict(matrix_eps=-1.0), dict(graft="lion"), dict(root_method="svd"),
+        dict(exponent_override=0), dict(max_root_error=0.0), dict(b1=float("nan")),
+    ],
+)
+def test_invalid_hyperparameters(kwargs):
+  with pytest.raises(ValueError):
+    shampoo_optax.shampoo(1e-3, **kwargs)
+
+
+def test_mismatched_tree_names_the_leaf(rng):
+  tx = shampoo_optax.shampoo(1e-3)
+  state = tx.init({"a": jnp.ones((3, 3)), "b": {"c": jnp.ones(2)}})
+  with pytest.raises(ValueError, match=r"\['b'\]\['c'\]"):
+    tx.update({"a": jnp.ones((3, 3)), "b": {"d": jnp.ones(2)}}, state)
+  with pytest.raises(ValueError, match=r"updates\['a'\] has shape \(3, 4\)"):
+    tx.update({"a": jnp.ones((3, 4)), "b": {"c": jnp.ones(2)}}, state)
+  with pytest.raises(TypeError, match=r"updates\['b'\]\['c'\] has dtype int32"):
+    tx.update({"a": jnp.ones((3, 3)), "b": {"c": jnp.ones(2, jnp.int32)}}, state)
+  with pytest.raises(TypeError, match=r"params\['n'\]"):
+    tx.init({"n": jnp.arange(3)})
+
+
+def test_nan_step_under_apply_if_finite_keeps_state_usable(rng):
+  params = random_tree(rng)
+  grads_seq = [random_tree(rng) for _ in range(6)]
+  bad = jax.tree.map(lambda g: g.at[(0,) * g.ndim].set(jnp.nan), grads_seq[0])
+  inner = lambda: shampoo_optax.shampoo(  # noqa: E731
+      0.01, block_size=4, precondition_every=2, start_preconditioning_step=1
+  )
+  clean, _ = run_updates(optax.apply_if_finite(inner(), 5), params, grads_seq)
+  with_nan, state = run_updates(optax.apply_if_finite(inner(), 5), params,
+                                grads_seq[:3] + [bad] + grads_seq[3:])
+  assert int(state.total_notfinite) == 1
+  for leaf in jax.tree.leaves(with_nan[3]):
+    np.testing.assert_array_equal(leaf, 0.0)
+  for a, b in zip(clean, with_nan[:3] + with_nan[4:]):
+    assert_trees_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+# --- Working with optax, dtypes, compilation -------------------------------
+
+
+def test_inject_hyperparams_matches(rng):
+  params = random_tree(rng)
+  grads_seq = [random_tree(rng) for _ in range(5)]
+  kwargs = dict(block_size=4, precondition_every=2, start_preconditioning_step=1, b1=0.9,
+                weight_decay=1e-2)
+  injected = optax.inject_hyperparams(
+      shampoo_optax.shampoo, static_args=shampoo_optax.STATIC_ARGS
+  )(learning_rate=0.01, **kwargs)
+  a, state = run_updates(injected, params, grads_seq)
+  b, _ = run_updates(shampoo_optax.shampoo(0.01, **kwargs), params, grads_seq)
+  for x, y in zip(a, b):
+    assert_trees_close(x, y, rtol=1e-6, atol=1e-7)
+  assert float(state.hyperparams["learning_rate"]) == pytest.approx(0.01)
+
+
+def test_inject_hyperparams_without_static_args_says_what_to_do():
+  injected = optax.inject_hyperparams(shampoo_optax.shampoo)(learning_rate=0.01)
+  with pytest.raises(ValueError, match="STATIC_ARGS"):
+    injected.init({"w": jnp.ones((3, 3))})
+
+
+def test_schedule_scales_steps(rng):
+  params = random_tree(rng)
+  grads_seq = [random_tree(rng) for _ in range(4)]
+  schedule = lambda count: 0.1 / (1.0 + jnp.asarray(count, jnp.float32))  # noqa: E731
+  a, _ = run_updates(shampoo_optax.shampoo(schedule, block_size=4), params, grads_seq)
+  b, _ = run_updates(shampoo_optax.shampoo(1.0, block_size=4), params, grads_seq)
+  for t, (x, y) in enumerate(zip(a, b)):
+    assert_trees_close(x, jax.tree.map(lambda v: v * schedule(t), y), rtol=1e-5, atol=1e-8)
+
+
+def test_weight_decay_is_decoupled_and_masked(rng):
+  params = random_tree(rng)
+  grads = jax.tree.map(jnp.zeros_like, params)
+  mask = {k: k != "b" for k in params}
+  tx = shampoo_optax.shampoo(0.1, weight_decay=0.5, weight_decay_mask=mask)
+  (updates,), _ = run_updates(tx, params, [grads])
+  for k in params:
+    want = 0.0 if k == "b" else -0.1 * 0.5 * params[k]
+    np.testing.assert_allclose(updates[k], want, rtol=1e-6)
+
+
+def test_multi_steps_accumulates(rng):
+  params = random_tree(rng)
+  g1, g2 = random_tree(rng), random_tree(rng)
+  mean = jax.tree.map(lambda a, b: (a + b) / 2, g1, g2)
+  # A well-conditioned ridge, so that float rounding in the mean is not amplified.
+  make = lambda: shampoo_optax.shampoo(0.01, block_size=4, start_preconditioning_step=0,  # noqa: E731
+                                       precondition_every=1, matrix_eps=1e-2)
+  # MultiSteps itself mixes int and float, hence strict=False.
+  multi, _ = run_updates(optax.MultiSteps(make(), every_k_schedule=2), params, [g1, g2],
+                         strict=False)
+  single, _ = run_updates(make(), params, [mean])
+  assert_trees_close(multi[1], single[0], rtol=1e-5, atol=1e-7)
+
+
+def test_masked_and_chained(rng):
+  params = random_tree(rng)
+  grads_seq = [random_tree(rng) for _ in range(3)]
+  mask = {k: k in ("w1", "w3") for k in params}
+  tx = optax.chain(optax.clip_by_global_norm(1e3), optax.masked(
+      shampoo_optax.shampoo(0.01, block_size=4, start_preconditioning_step=1), mask))
+  ups, _ = run_updates(tx, params, grads_seq)
+  sub = {k: params[k] for k in ("w1", "w3")}
+  ref, _ = run_updates(shampoo_optax.shampoo(0.01, block_size=4, start_preconditioning_step=1),
+                       sub, [{k: g[k] for k in sub} for g in grads_seq])
+  for u, r, g in zip(ups, ref, grads_seq):
+    assert_trees_close({k: u[k] for k in sub}, r, rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(u["b"], g["b"])  # masked out: passed through
+
+
+def test_bfloat16_params_keep_dtype(rng):
+  params = random_tree(rng, dtype=jnp.bfloat16)
+  grads_seq = [random_tree(rng, dtype=jnp.bfloat16) for _ in range(4)]
+  tx = shampoo_optax.shampoo(0.01, block_size=4, start_preconditioning_step=1,
+                             precondition_every=1)
+  ups, state = run_updates(tx, params, grads_seq)
+  for leaf in jax.tree.leaves(ups[-1]):
+    assert leaf.dtype == jnp.bfloat16 and np.all(np.isfinite(np.asarray(leaf, np.float32)))
+  inner = state[0]
+  assert all(s.dtype == jnp.float32 for s in inner.stats + inner.roots)
+  new_params = optax.apply_updates(params, ups[-1])
+  assert all(leaf.dtype == jnp.bfloat16 for leaf in jax.tree.leaves(new_params))
+
+
+def test_second_update_does_not_retrace(rng):
+  params = random_tree(rng)
+  tx = shampoo_optax.shampoo(0.01, block_size=4)
+  traces = []
+
+  @jax.jit
+  def step(params, state, grads):
+    traces.append(1)
+    updates, state = tx.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+
+  state = tx.init(params)
+  for _ in range(3):
+    params, state = step(params, state, random_tree(rng))
+  assert len(traces) == 1
+
+
+def _count_primitives(jaxpr, names):
+  """Occurrences of the named primitives in a jaxpr and its sub-jaxprs."""
+  count = 0
+  for eqn in jaxpr.eqns:
+    count += eqn.primitive.name in names
+    for value in eqn.params.values():
+      for item in value if isinstance(value, (tuple, list)) else (value,):
+        sub = getattr(item, "jaxpr", item)
+        if hasattr(sub, "eqns"):
+          count += _count_primitives(sub, names)
+  return count
+
+
+@pytest.mark.parametrize("root_method", ["eigh", "newton"])
+def test_update_is_batched_over_layers(root_method):
+  """A deeper model adds no root computations or matmul kernels to the program."""
+
+  def counts(layers):
+    params = {f"layer{i}": jnp.ones((16, 16)) for i in range(layers)}
+    tx = shampoo_optax.scale_by_shampoo(block_size=16, root_method=root_method)
+    state = tx.init(params)
+    jaxpr = jax.make_jaxpr(tx.update)(params, state).jaxpr
+    return _count_primitives(jaxpr, {"eigh", "while", "dot_general"})
+
+  assert counts(4) == counts(64)
+
+
+# --- Convergence -----------------------------------------------------------
+
+
+def _minimize(tx, loss, params, steps):
+  state = tx.init(params)
+
+  @jax.jit
+  def step(params, state):
+    grads = jax.grad(loss)(params)
+    updates, state = tx.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+
+  for _ in range(steps):
+    params, state = step(params, state)
+  return loss(params)
+
+
+def test_parabola_converges():
+  loss = lambda p: jnp.sum(jnp.square(p["w"] - 3.0)) + jnp.sum(jnp.square(p["b"] + 1.0))  # noqa: E731
+  params = {"w": jnp.zeros((4, 4)), "b": jnp.zeros(4)}
+  tx = shampoo_optax.shampoo(0.05, block_size=4, start_preconditioning_step=5,
+                             precondition_every=5)
+  assert _minimize(tx, loss, params, 500) < 1e-3
+
+
+def test_rosenbrock_converges():
+  def loss(p):
+    x, y = p["w"][:, 0], p["w"][:, 1]
+    return jnp.sum(jnp.square(1.0 - x) + 100.0 * jnp.square(y - x**2))
+
+  params = {"w": jnp.zeros((3, 2))}
+  tx = shampoo_optax.shampoo(0.01, block_size=4, start_preconditioning_step=10)
+  assert _minimize(tx, loss, params, 3000) < 1e-2
+
+
+def test_beats_adam_on_kronecker_quadratic(rng):
+  """loss = 0.5 tr(E^T A E B), E = W - W*: Shampoo's preconditioner fits it."""
+  n = 24
+  def ill_conditioned(cond):
+    q, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    return jnp.asarray((q * np.logspace(0, -np.log10(cond), n)) @ q.T, jnp.float32)
+
+  a, b = ill_conditioned(1e3), ill_conditioned(1e3)
+  target = jnp.asarray(rng.standard_normal((n, n)), jnp.float32)
+
+  def loss(p):
+    e = p["w"] - target
+    return 0.5 * jnp.trace(e.T @ a @ e @ b)
+
+  params = {"w": jnp.zeros((n, n))}
+  lrs = [3e-3, 1e-2, 3e-2, 1e-1, 3e-1]
+  with jax.numpy_dtype_promotion("standard"):
+    adam = min(float(_minimize(optax.adam(lr), loss, params, 300)) for lr in lrs)
+  ours = min(
+      float(_minimize(
+          shampoo_optax.shampoo(lr, block_size=n, b2=0.99, start_preconditioning_step=10,
+                                precondition_every=10), loss, params, 300))
+      for lr in lrs
+  )
+  initial = float(loss(params))
+  assert ours < 0.1 * adam, (ours, adam, initial)
