@@ -2,18 +2,21 @@
 # SPDX-License-Identifier: Apache-2.0
 """Distributed Shampoo for JAX, as an optax gradient transformation."""
 
+from shampoo_optax import sharding
 from shampoo_optax.alias import shampoo
 from shampoo_optax.matrix_functions import matrix_inverse_pth_root
-from shampoo_optax.transform import STATIC_ARGS
-from shampoo_optax.transform import ShampooState
-from shampoo_optax.transform import scale_by_shampoo
+from shampoo_optax.sharding import abstract_state, state_shardings
+from shampoo_optax.transform import STATIC_ARGS, ShampooState, scale_by_shampoo
 
 __version__ = "0.1.0"
 
 __all__ = (
     "STATIC_ARGS",
+    "abstract_state",
     "ShampooState",
     "matrix_inverse_pth_root",
+    "sharding",
     "scale_by_shampoo",
     "shampoo",
+    "state_shardings",
 )

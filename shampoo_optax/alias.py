@@ -4,7 +4,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import optax
@@ -30,6 +31,8 @@ def shampoo(
     stagger_root_refresh: bool = True,
     max_root_error: jax.typing.ArrayLike = 0.25,
     mu_dtype: Any | None = None,
+    mesh: jax.sharding.Mesh | None = None,
+    block_axis: str | tuple[str, ...] | None = None,
     weight_decay: jax.typing.ArrayLike = 0.0,
     weight_decay_mask: Any | Callable[[optax.Params], Any] | None = None,
 ) -> optax.GradientTransformationExtraArgs:
@@ -67,6 +70,8 @@ def shampoo(
     stagger_root_refresh: spread root refreshes evenly over steps.
     max_root_error: roots with a larger error estimate are rejected.
     mu_dtype: dtype of the first moment.
+    mesh: a mesh to spread the statistics and roots over.
+    block_axis: the mesh axis (or axes) the statistics' blocks are split over.
     weight_decay: decoupled weight decay, multiplied by the learning rate as in
       ``optax.adamw``.
     weight_decay_mask: a tree of booleans, or a function of the params that
@@ -108,6 +113,8 @@ def shampoo(
           stagger_root_refresh=stagger_root_refresh,
           max_root_error=max_root_error,
           mu_dtype=mu_dtype,
+          mesh=mesh,
+          block_axis=block_axis,
       ),
       optax.add_decayed_weights(weight_decay, weight_decay_mask),
       optax.scale_by_learning_rate(learning_rate),

@@ -26,8 +26,6 @@ own residual.
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 

@@ -36,9 +36,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from shampoo_optax import blocking
-from shampoo_optax import grafting
-from shampoo_optax import matrix_functions
+from shampoo_optax import blocking, grafting, matrix_functions
+from shampoo_optax import sharding as sharding_lib
 
 ROOT_METHODS = ("auto", "newton", "eigh")
 
@@ -56,6 +55,8 @@ STATIC_ARGS = (
     "root_method",
     "stagger_root_refresh",
     "mu_dtype",
+    "mesh",
+    "block_axis",
 )
 
 
@@ -98,6 +99,7 @@ class _Layout:
   max_merged_dim: int
   skip_preconditioning_dim_size_gt: int
   exponent_override: int | None
+  shard_multiple: int
 
   def plan(self, leaves) -> blocking.Plan:
     return blocking.make_plan(
@@ -106,6 +108,7 @@ class _Layout:
         max_merged_dim=self.max_merged_dim,
         skip_preconditioning_dim_size_gt=self.skip_preconditioning_dim_size_gt,
         exponent_override=self.exponent_override,
+        shard_multiple=self.shard_multiple,
     )
 
 
@@ -126,6 +129,8 @@ def scale_by_shampoo(
     stagger_root_refresh: bool = True,
     max_root_error: jax.typing.ArrayLike = 0.25,
     mu_dtype: Any | None = None,
+    mesh: jax.sharding.Mesh | None = None,
+    block_axis: str | tuple[str, ...] | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Rescales updates with Distributed Shampoo, grafted to a diagonal method.
 
@@ -179,6 +184,12 @@ def scale_by_shampoo(
     max_root_error: a computed root whose error estimate exceeds this is
       rejected and the previous root kept.
     mu_dtype: dtype of the first moment; ``None`` keeps the parameters'.
+    mesh: a ``jax.sharding.Mesh`` to spread the statistics and roots over.
+    block_axis: the mesh axis name (or tuple of names) that the statistics'
+      block axis is split over: each device holds and computes the roots of
+      ``1/N`` of the blocks. ``None`` keeps them replicated. Parameters may be
+      sharded any way (FSDP, tensor parallel); updates come back with the
+      gradients' shardings. See ``shampoo_optax.sharding``.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose state is a
@@ -210,39 +221,53 @@ def scale_by_shampoo(
   _validate_number("eps", eps, 0.0, None)
   _validate_number("matrix_eps", matrix_eps, 0.0, None)
   _validate_number("max_root_error", max_root_error, 0.0, None, lower_open=True)
+  block_sharding = sharding_lib.BlockSharding.create(mesh, block_axis)
   layout = _Layout(
       block_size,
       max_merged_dim or block_size,
       skip_preconditioning_dim_size_gt,
       exponent_override,
+      block_sharding.size,
   )
   mu_dtype = jax.dtypes.canonicalize_dtype(mu_dtype) if mu_dtype is not None else None
-  refresh = functools.partial(
-      _refresh_roots,
-      precondition_every=precondition_every,
-      start=start_preconditioning_step,
-      stagger=stagger_root_refresh,
-      method=root_method,
-      matrix_eps=matrix_eps,
-      max_root_error=max_root_error,
+  core = functools.partial(
+      _shampoo_core,
+      b2=b2,
+      graft=graft,
+      block_sharding=block_sharding,
+      refresh=functools.partial(
+          _refresh_group,
+          precondition_every=precondition_every,
+          start=start_preconditioning_step,
+          stagger=stagger_root_refresh,
+          method=root_method,
+          matrix_eps=matrix_eps,
+          max_root_error=max_root_error,
+      ),
   )
 
   def init_fn(params: optax.Params) -> ShampooState:
     _check_float_leaves(params, "params")
     plan = layout.plan(jax.tree.leaves(params))
+    place = block_sharding.place
     return ShampooState(
         count=jnp.zeros([], jnp.int32),
         mu=optax.tree.zeros_like(params, dtype=mu_dtype),
         nu=optax.tree.zeros_like(params) if grafting.keeps_second_moment(graft) else (),
         stats=tuple(
-            jnp.zeros((g.padded_size, g.dim, g.dim), jnp.float32) for g in plan.groups
+            place(jnp.zeros((g.padded_size, g.dim, g.dim), jnp.float32)) for g in plan.groups
         ),
         roots=tuple(
-            jnp.broadcast_to(jnp.eye(g.dim, dtype=jnp.float32), (g.padded_size, g.dim, g.dim))
+            place(jnp.broadcast_to(jnp.eye(g.dim, dtype=jnp.float32),
+                                   (g.padded_size, g.dim, g.dim)))
             for g in plan.groups
         ),
-        root_errors=tuple(jnp.zeros((g.padded_size,), jnp.float32) for g in plan.groups),
-        root_failures=tuple(jnp.zeros((g.padded_size,), jnp.int32) for g in plan.groups),
+        root_errors=tuple(
+            place(jnp.zeros((g.padded_size,), jnp.float32)) for g in plan.groups
+        ),
+        root_failures=tuple(
+            place(jnp.zeros((g.padded_size,), jnp.int32)) for g in plan.groups
+        ),
     )
 
   def update_fn(updates, state, params=None, **extra_args):
@@ -256,22 +281,33 @@ def scale_by_shampoo(
 
     grad_leaves, treedef = jax.tree.flatten(updates)
     plan = layout.plan(grad_leaves)
-    stats, roots, errors, failures = state.stats, state.roots, state.root_errors, state.root_failures
+    groups = (state.stats, state.roots, state.root_errors, state.root_failures)
     if plan.stacks:
-      grad_stacks = blocking.to_stacks(plan, grad_leaves, jnp.float32)
-      stats = _accumulate_statistics(plan, stats, grad_stacks, b2)
-      roots, errors, failures = refresh(plan, stats, roots, errors, failures, count)
-      preconditioned = _preconditioned_step(
-          plan, roots, jax.tree.leaves(mu_hat), jax.tree.leaves(step), graft
+      step_leaves = jax.tree.leaves(step)
+      run = functools.partial(core, plan)
+      explicit = sharding_lib.explicit_axes_in_context()
+      if explicit:
+        # Cutting sharded arrays into blocks needs the compiler to pick the
+        # intermediate shardings: run the block-layout code on Auto axes.
+        out_specs = (
+            [sharding_lib.spec_of(step_leaves[i])
+             for i, leaf in enumerate(plan.leaves) if leaf.is_preconditioned],
+            jax.tree.map(lambda _: block_sharding.spec, groups),
+        )
+        run = jax.sharding.auto_axes(run, axes=explicit, out_sharding=out_specs)
+      preconditioned, groups = run(
+          grad_leaves, jax.tree.leaves(mu_hat), step_leaves, groups, count
       )
+      preconditioned = iter(preconditioned)
       use_shampoo = count > start_preconditioning_step
       step = jax.tree.unflatten(treedef, [
-          s if p is None else jnp.where(use_shampoo, p.astype(s.dtype), s)
-          for s, p in zip(jax.tree.leaves(step), preconditioned)
+          jnp.where(use_shampoo, next(preconditioned).astype(s.dtype), s)
+          if leaf.is_preconditioned else s
+          for s, leaf in zip(step_leaves, plan.leaves)
       ])
     updates = jax.tree.map(lambda s, g: s.astype(g.dtype), step, updates)
     mu = optax.tree.cast(mu, mu_dtype)
-    return updates, ShampooState(count, mu, nu, stats, roots, errors, failures)
+    return updates, ShampooState(count, mu, nu, *groups)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
@@ -285,6 +321,27 @@ def _debiased_first_moment(mu, grads, b1, count, nesterov):
         grafting.bias_correction(grads, b1, count),
     )
   return grafting.bias_correction(mu, b1, count)
+
+
+def _shampoo_core(plan, grad_leaves, mu_hat_leaves, step_leaves, groups, count, *,
+                  b2, graft, block_sharding, refresh):
+  """Statistics, due root refreshes and preconditioned steps, in block layout.
+
+  Returns the preconditioned step of each preconditioned leaf (in tree order)
+  and the new (stats, roots, root_errors, root_failures).
+  """
+  stats, roots, errors, failures = groups
+  grad_stacks = blocking.to_stacks(plan, grad_leaves, jnp.float32)
+  stats = tuple(map(block_sharding.place, _accumulate_statistics(plan, stats, grad_stacks, b2)))
+  refreshed = [
+      block_sharding.map_blocks(
+          functools.partial(refresh, exponent=group.exponent), (s, r, e, f), (count,))
+      for group, s, r, e, f in zip(plan.groups, stats, roots, errors, failures)
+  ]
+  roots, errors, failures = (tuple(block_sharding.place(x) for x in xs)
+                             for xs in zip(*refreshed)) if refreshed else ((), (), ())
+  preconditioned = _preconditioned_step(plan, roots, mu_hat_leaves, step_leaves, graft)
+  return [p for p in preconditioned if p is not None], (stats, roots, errors, failures)
 
 
 def _accumulate_statistics(plan, stats, grad_stacks, b2):
@@ -301,10 +358,12 @@ def _accumulate_statistics(plan, stats, grad_stacks, b2):
       )
   weight = grafting.moment_weight(b2)
   new_stats = []
-  for group, old, new in zip(plan.groups, stats, parts):
+  for old, new in zip(stats, parts):
     new = jnp.concatenate(new, axis=0) if len(new) > 1 else new[0]
-    if group.padded_size > group.size:
-      new = jnp.pad(new, ((0, group.padded_size - group.size), (0, 0), (0, 0)))
+    # The state may carry more padding than the plan asks for (a state saved
+    # on a larger mesh and restored on a smaller one): pad to what it has.
+    if old.shape[0] > new.shape[0]:
+      new = jnp.pad(new, ((0, old.shape[0] - new.shape[0]), (0, 0), (0, 0)))
     new_stats.append(b2 * old + weight * new)
   return tuple(new_stats)
 
@@ -338,52 +397,48 @@ def _graft(direction: jax.Array, diagonal_step: jax.Array) -> jax.Array:
   return direction * jnp.where(norm > 0, target / jnp.where(norm > 0, norm, 1), 0)
 
 
-def _refresh_roots(plan, stats, roots, errors, failures, count, *,
+def _refresh_group(stats, roots, errors, failures, count, row_offset, *, exponent,
                    precondition_every, start, stagger, method, matrix_eps,
                    max_root_error):
-  """Recomputes the inverse roots that are due at step ``count``."""
+  """Recomputes the inverse roots of one group (or one device's share of it)
+
+  that are due at step ``count``.
+  """
   k = precondition_every
-  out = ([], [], [])
-  for group, s, r, e, f in zip(plan.groups, stats, roots, errors, failures):
-    compute = functools.partial(
-        _checked_roots, p=group.exponent, method=method,
-        matrix_eps=matrix_eps, max_root_error=max_root_error,
-    )
-    if stagger:
-      # Chunk c of the group is refreshed on steps t0 + c, t0 + c + k, ...;
-      # starting k steps before preconditioning does, all roots are ready then.
-      t0 = max(1, start - k + 1)
-      n = group.padded_size
-      chunk = -(-n // k)
-      first = ((count - t0) % k) * chunk
-      due = (count >= t0) & (first < n)
-      begin = jnp.minimum(first, n - chunk)
-      refresh = functools.partial(_refresh_slice, compute=compute, size=chunk)
-      r, e, f = jax.lax.cond(due, refresh, _keep, s, r, e, f, begin)
-    else:
-      due = (count > start) & ((count - start - 1) % k == 0)
-      r, e, f = jax.lax.cond(due, compute, _keep, s, r, e, f, None)
-    for lst, x in zip(out, (r, e, f)):
-      lst.append(x)
-  return tuple(map(tuple, out))
+  compute = functools.partial(
+      _checked_roots, p=exponent, method=method,
+      matrix_eps=matrix_eps, max_root_error=max_root_error,
+  )
+  if stagger:
+    # Row i of the group is refreshed on steps t with (t - t0) % k == i % k:
+    # 1/k of the rows per step, the same rows whatever the mesh. Starting k
+    # steps before preconditioning does, all roots are ready by then.
+    t0 = max(1, start - k + 1)
+    n = stats.shape[0]  # this device's rows, global rows row_offset + [0, n)
+    first = (count - t0 - row_offset) % k
+    rows = first + k * jnp.arange(-(-n // k))  # past n: dropped
+    refresh = functools.partial(_refresh_rows, compute=compute)
+    return jax.lax.cond(count >= t0, refresh, _keep, stats, roots, errors, failures, rows)
+  due = (count > start) & ((count - start - 1) % k == 0)
+  return jax.lax.cond(due, compute, _keep, stats, roots, errors, failures, None)
 
 
-def _keep(stats, roots, errors, failures, begin):
-  del stats, begin
+def _keep(stats, roots, errors, failures, rows):
+  del stats, rows
   return roots, errors, failures
 
 
-def _refresh_slice(stats, roots, errors, failures, begin, *, compute, size):
-  take = lambda x: jax.lax.dynamic_slice_in_dim(x, begin, size, axis=0)
-  put = lambda x, y: jax.lax.dynamic_update_slice_in_dim(x, y, begin, axis=0)
+def _refresh_rows(stats, roots, errors, failures, rows, *, compute):
+  take = lambda x: jnp.take(x, rows, axis=0, mode="fill", fill_value=0)
+  put = lambda x, y: x.at[rows].set(y, mode="drop")
   r, e, f = compute(take(stats), take(roots), take(errors), take(failures))
   return put(roots, r), put(errors, e), put(failures, f)
 
 
-def _checked_roots(stats, roots, errors, failures, begin=None, *, p, method,
+def _checked_roots(stats, roots, errors, failures, rows=None, *, p, method,
                    matrix_eps, max_root_error):
   """New roots where they are good; the old ones (and a failure) elsewhere."""
-  del begin
+  del rows
   new, error = _inverse_roots(stats, p, method, matrix_eps, max_root_error)
   # A statistic that is still zero (no gradient reached it) has no root; it is
   # left at its previous one without counting a failure.

@@ -1,0 +1,243 @@
+# Copyright 2026 The shampoo_optax Authors.
+# SPDX-License-Identifier: Apache-2.0
+"""Sharding checks that need several (simulated) devices.
+
+Run as ``python -m tests.sharding_cases CASE`` by tests/test_sharding.py, in a
+fresh process so that XLA_FLAGS can ask for 8 CPU devices before JAX starts.
+Each case raises on failure and prints one JSON line of measurements.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+if __name__ == "__main__" and sys.argv[1:2] != ["multiprocess"]:
+  os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+from jax.sharding import AxisType, NamedSharding  # noqa: E402
+from jax.sharding import PartitionSpec as P  # noqa: E402
+
+import shampoo_optax  # noqa: E402
+
+SHAPES = {"embed": (24, 16), "w1": (16, 40), "w2": (40, 16), "conv": (3, 3, 4, 8), "b": (16,)}
+HP = dict(block_size=8, precondition_every=2, start_preconditioning_step=2, b2=0.95,
+          matrix_eps=1e-3, weight_decay=1e-3)
+
+
+def make_params(seed=0):
+  rng = np.random.default_rng(seed)
+  return {k: jnp.asarray(rng.standard_normal(s), jnp.float32) for k, s in SHAPES.items()}
+
+
+def make_grads(step):
+  rng = np.random.default_rng(1000 + step)
+  return {k: jnp.asarray(rng.standard_normal(s), jnp.float32) for k, s in SHAPES.items()}
+
+
+def param_spec(name, shape, mesh, layout):
+  """FSDP over 'data' on the first divisible dim; tensor parallel over 'model'."""
+  if layout == "replicated":
+    return P()
+  spec = [None] * len(shape)
+  if "model" in mesh.axis_names and len(shape) == 2 and shape[1] % mesh.shape["model"] == 0:
+    spec[1] = "model"
+  for d, size in enumerate(shape):
+    if spec[d] is None and size % mesh.shape["data"] == 0:
+      spec[d] = "data"
+      break
+  return P(*spec)
+
+
+def train(tx, params, steps, mesh=None, block_axis=None):
+  """Runs steps updates under jit; returns params, state and the traces count.
+
+  With a mesh the state is initialized with ``state_shardings`` as
+  out_shardings: with Auto axes, jit cannot know that first moments should
+  follow the parameters' shardings (with Explicit axes it would follow them
+  anyway, and the result is the same).
+  """
+  traces = []
+
+  def step(params, state, grads):
+    traces.append(1)
+    updates, state = tx.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+
+  step = jax.jit(step)
+  out_shardings = None
+  if mesh is not None:
+    out_shardings = shampoo_optax.state_shardings(tx, params, mesh, block_axis)
+  state = jax.jit(tx.init, out_shardings=out_shardings)(params)
+  first_shardings = jax.tree.map(lambda x: x.sharding, state)
+  for t in range(steps):
+    grads = make_grads(t)
+    if mesh is not None:
+      grads = jax.tree.map(lambda g, p: jax.device_put(g, p.sharding), grads, params)
+    params, state = step(params, state, grads)
+  changed = [
+      (jax.tree_util.keystr(path), str(first.spec), str(x.sharding.spec))
+      for (path, x), first in zip(jax.tree_util.tree_flatten_with_path(state)[0],
+                                  jax.tree.leaves(first_shardings))
+      if not x.sharding.is_equivalent_to(first, x.ndim)
+  ]
+  return params, state, len(traces), changed
+
+
+def reference(steps):
+  params, state, _, _ = train(shampoo_optax.shampoo(0.05, **HP), make_params(), steps)
+  return params, state
+
+
+def case_equivalence():
+  """Sharded runs equal one device, for both axis types and several layouts."""
+  ref_params, _ = reference(6)
+  results = {}
+  for axis_type in (AxisType.Explicit, AxisType.Auto):
+    for shape, names, layout, block_axis in [
+        ((8,), ("data",), "fsdp", "data"),
+        ((8,), ("data",), "replicated", "data"),
+        ((4, 2), ("data", "model"), "fsdp", "data"),
+        ((4, 2), ("data", "model"), "fsdp", ("data", "model")),
+    ]:
+      mesh = jax.make_mesh(shape, names, axis_types=(axis_type,) * len(names))
+      with jax.set_mesh(mesh):
+        params = {k: jax.device_put(v, NamedSharding(mesh, param_spec(k, v.shape, mesh, layout)))
+                  for k, v in make_params().items()}
+        tx = shampoo_optax.shampoo(0.05, mesh=mesh, block_axis=block_axis, **HP)
+        out, state, traces, stable = train(tx, params, 6, mesh, block_axis)  # stable: changed
+      inner = state[0]
+      n = int(np.prod([mesh.shape[a] for a in ((block_axis,) if isinstance(block_axis, str)
+                                                   else block_axis)]))
+      for stats in inner.stats + inner.roots:
+        assert stats.shape[0] % n == 0, stats.shape
+        assert stats.sharding.spec[0] is not None, stats.sharding
+        assert stats.addressable_shards[0].data.shape[0] == stats.shape[0] // n
+      for k, v in out.items():
+        assert v.sharding.is_equivalent_to(params[k].sharding, v.ndim), (k, v.sharding)
+      err = max(float(jnp.max(jnp.abs(out[k] - ref_params[k]))) for k in out)
+      assert err <= 1e-5, (axis_type, shape, layout, block_axis, err)
+      assert traces == 1, traces
+      assert not stable, f"state leaves changed sharding across update: {stable}"
+      results[f"{axis_type.name}-{shape}-{layout}-{block_axis}"] = err
+  return results
+
+
+def case_memory():
+  """Per-device bytes of statistics and roots for N = 1, 2, 4, 8."""
+  params = {f"w{i}": jnp.ones((64, 48)) for i in range(5)}
+  out = {}
+  for n in (1, 2, 4, 8):
+    mesh = jax.make_mesh((n,), ("data",), axis_types=(AxisType.Explicit,),
+                         devices=jax.devices()[:n])
+    with jax.set_mesh(mesh):
+      tx = shampoo_optax.scale_by_shampoo(block_size=16, mesh=mesh, block_axis="data")
+      state = jax.jit(tx.init)(params)
+    arrays = state.stats + state.roots
+    per_device = sum(a.addressable_shards[0].data.nbytes for a in arrays)
+    total_unpadded = 2 * sum(4 * d * d * s for d, s in  # float32 stats and roots
+                             [(16, 5 * 4 * 3 * 2)])
+    block = 2 * 4 * 16 * 16
+    assert per_device <= total_unpadded / n + block, (n, per_device, total_unpadded)
+    out[n] = per_device
+  return out
+
+
+def case_restore_smaller_mesh(tmpdir):
+  """Save on 8 devices, restore on 4 with state_shardings, continue exactly."""
+  import orbax.checkpoint as ocp  # noqa: PLC0415
+
+  def setup(n):
+    mesh = jax.make_mesh((n,), ("data",), axis_types=(AxisType.Explicit,),
+                         devices=jax.devices()[:n])
+    tx = shampoo_optax.shampoo(0.05, mesh=mesh, block_axis="data", **HP)
+    return mesh, tx
+
+  mesh8, tx8 = setup(8)
+  with jax.set_mesh(mesh8):
+    params = {k: jax.device_put(v, NamedSharding(mesh8, param_spec(k, v.shape, mesh8, "fsdp")))
+              for k, v in make_params().items()}
+    params, state, _, _ = train(tx8, params, 3, mesh8, "data")
+  ckpt = ocp.StandardCheckpointer()
+  path = os.path.join(tmpdir, "ckpt")
+  ckpt.save(path, {"params": params, "opt_state": state})
+  ckpt.wait_until_finished()
+
+  mesh4, tx4 = setup(4)
+  with jax.set_mesh(mesh4):
+    spec4 = lambda p: NamedSharding(mesh4, param_spec("", p.shape, mesh4, "fsdp"))  # noqa: E731
+    abstract_params = jax.tree.map(
+        lambda p: jax.ShapeDtypeStruct(p.shape, p.dtype, sharding=spec4(p)), params)
+    saved = ckpt.metadata(path).item_metadata.tree
+    target = {"params": abstract_params,
+              "opt_state": shampoo_optax.sharding.abstract_state(
+                  tx4, abstract_params, mesh4, "data", like=saved["opt_state"])}
+    restored = ckpt.restore(path, target)
+    for group in restored["opt_state"][0].stats:
+      assert len(group.sharding.device_set) == 4
+    # Continue for 3 more steps on 4 devices; compare with 6 steps on one.
+    traces = []
+
+    @jax.jit
+    def step(params, state, grads):
+      traces.append(1)
+      updates, state = tx4.update(grads, state, params)
+      return optax.apply_updates(params, updates), state
+
+    p, s = restored["params"], restored["opt_state"]
+    for t in range(3, 6):
+      grads = jax.tree.map(lambda g, q: jax.device_put(g, q.sharding), make_grads(t), p)
+      p, s = step(p, s, grads)
+  ref_params, _ = reference(6)
+  err = max(float(jnp.max(jnp.abs(p[k] - ref_params[k]))) for k in p)
+  assert err <= 1e-5, err
+  return {"max_abs_diff": err}
+
+
+def case_multiprocess(process_id, num_processes, port):
+  """One of the processes of a jax.distributed run: 2 CPU devices each."""
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.config.update("jax_num_cpu_devices", 2)
+  jax.distributed.initialize(f"127.0.0.1:{port}", num_processes, process_id)
+  mesh = jax.make_mesh((jax.device_count(),), ("data",), axis_types=(AxisType.Explicit,))
+  tx = shampoo_optax.shampoo(0.05, mesh=mesh, block_axis="data", **HP)
+  with jax.set_mesh(mesh):
+    shardings = {k: NamedSharding(mesh, param_spec(k, s, mesh, "fsdp")) for k, s in SHAPES.items()}
+    to_global = lambda tree: {  # noqa: E731
+        k: jax.make_array_from_callback(v.shape, shardings[k], lambda idx, v=v: np.asarray(v)[idx])
+        for k, v in tree.items()}
+    params = to_global(make_params())
+    state = jax.jit(tx.init)(params)
+
+    @jax.jit
+    def step(params, state, grads):
+      updates, state = tx.update(grads, state, params)
+      return optax.apply_updates(params, updates), state
+
+    for t in range(6):
+      params, state = step(params, state, to_global(make_grads(t)))
+    full = {k: np.asarray(jax.experimental.multihost_utils.process_allgather(v, tiled=True))
+            for k, v in params.items()}
+  return {"devices": jax.device_count(), "processes": jax.process_count(),
+          "params": {k: v.tolist() for k, v in full.items()}}
+
+
+if __name__ == "__main__":
+  import jax.experimental.multihost_utils  # noqa: F401
+
+  name = sys.argv[1]
+  if name == "multiprocess":
+    result = case_multiprocess(int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))
+  elif name == "reference":
+    params, _ = reference(6)
+    result = {"params": {k: np.asarray(v).tolist() for k, v in params.items()}}
+  elif name == "restore_smaller_mesh":
+    result = case_restore_smaller_mesh(sys.argv[2])
+  else:
+    result = globals()[f"case_{name}"]()
+  print("RESULT " + json.dumps(result))

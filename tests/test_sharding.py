@@ -1,0 +1,99 @@
+# Copyright 2026 The shampoo_optax Authors.
+# SPDX-License-Identifier: Apache-2.0
+"""Sharded and multi-process Shampoo equals one device.
+
+Each check runs tests/sharding_cases.py in a fresh process (8 simulated CPU
+devices, or two jax.distributed processes with 2 devices each), since the
+device count is fixed when JAX starts.
+"""
+
+import json
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import shampoo_optax
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def run_case(*args, timeout=900, env=None):
+  out = subprocess.run(
+      [sys.executable, "-m", "tests.sharding_cases", *map(str, args)],
+      cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env,
+  )
+  lines = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
+  assert out.returncode == 0 and lines, out.stdout[-3000:] + out.stderr[-5000:]
+  return json.loads(lines[-1][len("RESULT "):])
+
+
+def test_sharded_equals_single_device():
+  """Explicit and Auto axes; FSDP, replicated and data x model layouts."""
+  errors = run_case("equivalence")
+  assert len(errors) == 8
+  assert max(errors.values()) <= 1e-5, errors
+
+
+def test_memory_per_device_shrinks_with_devices():
+  per_device = {int(n): b for n, b in run_case("memory").items()}
+  for n in (2, 4, 8):
+    assert per_device[n] <= per_device[1] / n + 2 * 4 * 16 * 16
+
+
+def test_restore_onto_smaller_mesh(tmp_path):
+  assert run_case("restore_smaller_mesh", tmp_path)["max_abs_diff"] <= 1e-5
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_equal_single_device():
+  port = _free_port()
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  cmd = lambda pid: [sys.executable, "-m", "tests.sharding_cases", "multiprocess",  # noqa: E731
+                     str(pid), "2", str(port)]
+  procs = [subprocess.Popen(cmd(pid), cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True) for pid in (0, 1)]
+  outputs = [p.communicate(timeout=600) for p in procs]
+  results = []
+  for proc, (stdout, stderr) in zip(procs, outputs):
+    lines = [ln for ln in stdout.splitlines() if ln.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, stdout[-2000:] + stderr[-4000:]
+    results.append(json.loads(lines[-1][len("RESULT "):]))
+  reference = run_case("reference")["params"]
+  for result in results:
+    assert result["devices"] == 4 and result["processes"] == 2
+    for k, v in reference.items():
+      np.testing.assert_allclose(result["params"][k], v, atol=1e-5)
+
+
+def test_block_axis_without_mesh_is_an_error():
+  with pytest.raises(ValueError, match="needs a mesh"):
+    shampoo_optax.shampoo(1e-3, block_axis="data")
+
+
+def test_unknown_block_axis_is_an_error():
+  mesh = jax.make_mesh((1,), ("data",))
+  with pytest.raises(ValueError, match="not in the mesh"):
+    shampoo_optax.shampoo(1e-3, mesh=mesh, block_axis="model")
+
+
+def test_state_shardings_on_one_device_mesh():
+  mesh = jax.make_mesh((1,), ("data",))
+  params = {"w": jnp.ones((8, 8)), "b": jnp.ones(8)}
+  tx = shampoo_optax.shampoo(1e-3, block_size=4, mesh=mesh, block_axis="data")
+  shardings = shampoo_optax.state_shardings(tx, params, mesh, "data")
+  state = jax.jit(tx.init, out_shardings=shardings)(params)
+  assert jax.tree.structure(state) == jax.tree.structure(shardings)
+  inner = shardings[0]
+  assert all(s.spec == jax.sharding.PartitionSpec("data") for s in inner.stats)
