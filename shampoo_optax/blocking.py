@@ -16,9 +16,15 @@ hashable, cached, never traced and never stored in the optimizer state):
    with a smaller block for the remainder.
 3. Blocks of equal shape, from any parameter, are stacked: one array
    ``[num_blocks, *block_shape]`` per stack.
-4. Statistics of equal size and equal root exponent, from any stack and axis,
-   are grouped: one array ``[num_matrices, dim, dim]`` per group. A root
-   refresh is one batched computation per group.
+4. Statistics of equal root exponent are grouped by size, rounded up to a
+   power of two (at most ``block_size``): one array ``[num_matrices, dim,
+   dim]`` per group, a ``d x d`` statistic sitting in the top-left corner of
+   its ``dim x dim`` slot, zeros elsewhere. The inverse root of that padded
+   matrix has the root of the statistic in the same corner (the padding is a
+   separate, decoupled block), so the rounding changes no result. It bounds
+   the number of groups, and each group is one batched root computation and
+   one piece of compiled code: a model compiles to a handful of them however
+   many odd remainder sizes its layers have.
 """
 
 from __future__ import annotations
@@ -74,12 +80,14 @@ class Stack:
   members: tuple[tuple[int, int], ...]  # (leaf index, piece index), in order
   size: int  # total number of blocks
   # For each preconditioned axis: (axis, group index, offset in the group).
+  # The statistic of a block of side d along the axis occupies [:d, :d] of
+  # its slot in the group, which may be larger (see group_dim).
   statistics: tuple[tuple[int, int, int], ...]
 
 
 @dataclasses.dataclass(frozen=True)
 class Group:
-  """Statistics of one size and one root exponent, stacked."""
+  """Statistics of one (rounded-up) size and one root exponent, stacked."""
 
   dim: int
   exponent: int
@@ -129,6 +137,38 @@ def merge_small_dims(shape: tuple[int, ...], max_dim: int) -> tuple[int, ...]:
   if current > 1:
     merged.append(current)
   return tuple(merged)
+
+
+def group_dim(dim: int, block_size: int) -> int:
+  """The size of the slot for a ``dim x dim`` statistic: next power of two."""
+  return min(max(block_size, dim), 1 << max(dim - 1, 0).bit_length())
+
+
+# A group of slots is merged into the next larger one when that adds at most
+# this fraction to the memory of all statistics: one group fewer to compile.
+_MERGE_OVERHEAD = 0.1
+
+
+def _slot_sizes(leaves, members, block_size) -> dict[tuple[int, int], int]:
+  """Slot size for each (statistic dim, exponent); see the module docstring."""
+  counts: dict[tuple[int, int], int] = {}  # (dim, exponent) -> number of statistics
+  for (block_shape, pre, exponent), mem in members.items():
+    size = sum(leaves[i].pieces[j].num_blocks for i, j in mem)
+    for dim, is_pre in zip(block_shape, pre):
+      if is_pre:
+        counts[(dim, exponent)] = counts.get((dim, exponent), 0) + size
+  slot = {key: group_dim(key[0], block_size) for key in counts}
+  budget = _MERGE_OVERHEAD * sum(n * slot[k] ** 2 for k, n in counts.items())
+  for exponent in {e for _, e in counts}:
+    sizes = sorted({slot[k] for k in counts if k[1] == exponent})
+    for small, big in zip(sizes, sizes[1:]):
+      keys = [k for k in counts if k[1] == exponent and slot[k] == small]
+      cost = sum(counts[k] for k in keys) * (big**2 - small**2)
+      if cost <= budget:
+        budget -= cost
+        for k in keys:
+          slot[k] = big
+  return slot
 
 
 def _segments(dim: int, block: int) -> list[tuple[int, int, int]]:
@@ -201,7 +241,9 @@ def make_plan(
     for j, piece in enumerate(leaf.pieces):
       key = (piece.block_shape, leaf.preconditioned, leaf.exponent)
       members.setdefault(key, []).append((i, j))
-  # Groups of statistics, keyed by (dim, exponent), in order of appearance.
+  # Statistic slots: (block dim, exponent) -> slot size, then groups in order
+  # of appearance of their (slot size, exponent).
+  slot = _slot_sizes(leaves, members, block_size)
   group_sizes: dict[tuple[int, int], int] = {}
   stacks = []
   for (block_shape, pre, exponent), mem in members.items():
@@ -210,7 +252,7 @@ def make_plan(
     for axis, (dim, is_pre) in enumerate(zip(block_shape, pre)):
       if not is_pre:
         continue
-      key = (dim, exponent)
+      key = (slot[(dim, exponent)], exponent)
       offset = group_sizes.get(key, 0)
       group_index = list(group_sizes).index(key) if key in group_sizes else len(group_sizes)
       group_sizes[key] = offset + size

@@ -49,6 +49,7 @@ def matrix_inverse_pth_root(
     num_iters: int = 100,
     error_tolerance: float | None = None,
     fallback_threshold: float | None = 0.1,
+    pseudo_inverse_rtol: float | None = None,
 ) -> tuple[jax.Array, jax.Array]:
   r"""Computes ``(matrix + ridge * I)^(-1/p)`` for symmetric PSD matrices.
 
@@ -75,6 +76,11 @@ def matrix_inverse_pth_root(
     fallback_threshold: with ``method='newton'``, matrices whose error is above
       this (or not finite) are recomputed with ``'eigh'``, and the root with
       the smaller error is kept. ``None`` disables the fallback.
+    pseudo_inverse_rtol: if set, the pseudo-inverse root of a rank-deficient
+      matrix: eigenvalues at most ``pseudo_inverse_rtol * lambda_max`` are
+      dropped (their directions get 0) instead of being lifted by a ridge, and
+      the ridge, if any, is added to the kept ones. Uses ``'eigh'``; the
+      error is measured on the kept subspace.
 
   Returns:
     ``(root, error)``: ``root`` of shape ``[..., n, n]``, and ``error`` of
@@ -101,8 +107,8 @@ def matrix_inverse_pth_root(
   a = 0.5 * (a + jnp.swapaxes(a, -1, -2))
   if error_tolerance is None:
     error_tolerance = 10 * float(jnp.finfo(dtype).eps)
-  if method == "eigh":
-    return _eigh_root(a, p, ridge_epsilon, relative_ridge_epsilon)
+  if method == "eigh" or pseudo_inverse_rtol is not None:
+    return _eigh_root(a, p, ridge_epsilon, relative_ridge_epsilon, pseudo_inverse_rtol)
   root, error = _newton_root(
       a, p, ridge_epsilon, relative_ridge_epsilon, num_iters, error_tolerance
   )
@@ -219,15 +225,23 @@ def max_eigenvalue(matrix: jax.Array, num_steps: int = 24) -> jax.Array:
   return jnp.linalg.eigvalsh(tridiagonal)[..., -1]
 
 
-def _root_error(root_n: jax.Array, a_n: jax.Array, p: int) -> jax.Array:
+def _root_error(root_n: jax.Array, a_n: jax.Array, p: int, basis=None) -> jax.Array:
   """||root_n^p a_n - I||_2 / p, by power iteration on matrix-vector products.
 
   Products with vectors keep the rounding error relative to the vector they
   act on, so the estimate is not swamped by the rounding noise of forming
-  root_n^p, which grows with the condition number.
+  root_n^p, which grows with the condition number. With ``basis`` (columns
+  spanning a subspace, zero columns ignored), the error on that subspace:
+  ``||(root_n^p a_n - I) P||_2 / p`` for the projector P onto it.
   """
 
+  def project(v):
+    if basis is None:
+      return v
+    return _mv(basis, jnp.einsum("...ji,...j->...i", basis, v, precision=_HIGHEST))
+
   def residual(v):
+    v = project(v)
     w = _mv(a_n, v)
     for _ in range(p):
       w = _mv(root_n, w)
@@ -302,7 +316,7 @@ def _coupled_newton(a_n, p, num_iters, tol):
   return 0.5 * (x + jnp.swapaxes(x, -1, -2))
 
 
-def _eigh_root(a, p, ridge_epsilon, relative_ridge_epsilon):
+def _eigh_root(a, p, ridge_epsilon, relative_ridge_epsilon, pseudo_inverse_rtol=None):
   # Normalize first so that eigh sees entries of order one at any scale.
   norm = jnp.linalg.norm(a, axis=(-2, -1))
   norm = jnp.where(norm > 0, norm, 1)
@@ -313,11 +327,18 @@ def _eigh_root(a, p, ridge_epsilon, relative_ridge_epsilon):
       a, ridge_epsilon, relative_ridge_epsilon, lambda_max
   )
   w_n = (w + (scale - lambda_max)[..., None]) / safe_scale[..., None]
-  # Eigenvalues below the float resolution of the largest one cannot be
-  # resolved; flooring them keeps the root finite and the error estimate
-  # reports how far from a true root that is.
-  w_n = jnp.maximum(w_n, jnp.finfo(w_n.dtype).eps * w_n[..., -1:])
-  x_n = _mm(q * (w_n ** (-1.0 / p))[..., None, :], jnp.swapaxes(q, -1, -2))
-  error = jnp.where(scale > 0, _root_error(x_n, a_n, p), jnp.inf)
+  basis = None
+  if pseudo_inverse_rtol is None:
+    # Eigenvalues below the float resolution of the largest one cannot be
+    # resolved; flooring them keeps the root finite and the error estimate
+    # reports how far from a true root that is.
+    w_n = jnp.maximum(w_n, jnp.finfo(w_n.dtype).eps * w_n[..., -1:])
+    inverse_root = w_n ** (-1.0 / p)
+  else:
+    keep = w > pseudo_inverse_rtol * lambda_max[..., None]
+    inverse_root = jnp.where(keep, jnp.where(keep, w_n, 1) ** (-1.0 / p), 0)
+    basis = q * keep[..., None, :].astype(q.dtype)
+  x_n = _mm(q * inverse_root[..., None, :], jnp.swapaxes(q, -1, -2))
+  error = jnp.where(scale > 0, _root_error(x_n, a_n, p, basis), jnp.inf)
   root = x_n * (safe_scale ** (-1.0 / p))[..., None, None]
   return root, error

@@ -350,12 +350,12 @@ def _accumulate_statistics(plan, stats, grad_stacks, b2):
   for stack, grads in zip(plan.stacks, grad_stacks):
     rank = len(stack.block_shape)
     for axis, group, _ in stack.statistics:
-      parts[group].append(
-          jnp.einsum(
-              blocking.statistic_einsum(rank, axis), grads, grads,
-              precision=jax.lax.Precision.HIGHEST,
-          )
+      contribution = jnp.einsum(
+          blocking.statistic_einsum(rank, axis), grads, grads,
+          precision=jax.lax.Precision.HIGHEST,
       )
+      pad = plan.groups[group].dim - stack.block_shape[axis]
+      parts[group].append(jnp.pad(contribution, ((0, 0), (0, pad), (0, pad))))
   weight = grafting.moment_weight(b2)
   new_stats = []
   for old, new in zip(stats, parts):
@@ -378,7 +378,8 @@ def _preconditioned_step(plan, roots, mu_hat_leaves, step_leaves, graft):
   for stack, blocks, diag in zip(plan.stacks, mu_stacks, step_stacks):
     rank = len(stack.block_shape)
     for axis, group, offset in stack.statistics:
-      root = roots[group][offset : offset + stack.size]
+      dim = stack.block_shape[axis]
+      root = roots[group][offset : offset + stack.size, :dim, :dim]
       blocks = jnp.einsum(
           blocking.precondition_einsum(rank, axis), blocks, root,
           precision=jax.lax.Precision.HIGHEST,

@@ -127,8 +127,10 @@ def test_plan_merges_blocks_and_skips():
   assert embed.preconditioned == (False, True) and embed.exponent == 2
   assert [p.block_shape for p in embed.pieces] == [(50000, 64)]
   assert not vector.is_preconditioned and not squeezed.is_preconditioned
+  # Statistic slots: 64 x 64 (p = 4) is merged into the 128 group (a cheap
+  # pad); the one-sided 64 (p = 2) has an exponent of its own.
   dims = sorted((g.dim, g.exponent, g.size) for g in plan.groups)
-  assert dims == [(64, 2, 1), (64, 4, 1), (128, 4, 4 + 4 + 1)]
+  assert dims == [(64, 2, 1), (128, 4, 4 + 4 + 1 + 1)]
 
 
 @pytest.mark.parametrize("shape", [(7, 5), (9, 4, 6), (130, 3, 70), (2, 3, 4, 5)])
@@ -143,10 +145,11 @@ def test_blocking_round_trip(rng, shape):
 
 
 def test_conv_kernel_is_preconditioned_as_a_matrix(rng):
-  # (3, 3, 8, 16) merges to (72, 16): rows in blocks 4 x 16 + 8, columns 16.
+  # (3, 3, 8, 16) merges to (72, 16): rows in blocks 4 x 16 + 8, columns 16;
+  # the one 8 x 8 statistic shares the 16 x 16 group.
   tx = shampoo_optax.scale_by_shampoo(block_size=16, max_merged_dim=72)
   state = tx.init(random_tree(rng, {"kernel": (3, 3, 8, 16)}))
-  assert sorted(s.shape for s in state.stats) == [(1, 8, 8), (4 + 5, 16, 16)]
+  assert [s.shape for s in state.stats] == [(4 + 1 + 5, 16, 16)]
 
 
 # --- Reliability -----------------------------------------------------------
@@ -166,6 +169,7 @@ def test_failed_root_keeps_previous_and_is_counted(rng):
   updates, state = update(random_tree(rng, {"w": (4, 4)}), state)
   assert np.all(np.isfinite(updates["w"]))
   # One group of 4x4 statistics: [0] is L (made NaN), [1] is R (still fine).
+  assert [s.shape for s in state.stats] == [(2, 4, 4)]
   (old,), (new,), (failures,) = good_roots, state.roots, state.root_failures
   np.testing.assert_array_equal(old[0], new[0])
   assert not np.array_equal(old[1], new[1])
@@ -433,3 +437,22 @@ def test_beats_adam_on_kronecker_quadratic(rng):
   )
   initial = float(loss(params))
   assert ours < 0.1 * adam, (ours, adam, initial)
+
+
+def test_sharing_a_padded_group_changes_nothing(rng):
+  """94 x 94 statistics in 128 x 128 slots, grouped with another leaf's.
+
+  (The padding itself is checked against the NumPy reference, whose 3 x 3
+  statistics sit in 4 x 4 slots.)
+  """
+  shapes = {"a": (94, 128), "b": (128, 128)}
+  params = random_tree(rng, shapes)
+  grads_seq = [random_tree(rng, shapes) for _ in range(4)]
+  kwargs = dict(block_size=128, precondition_every=1, start_preconditioning_step=1)
+  together, state = run_updates(shampoo_optax.scale_by_shampoo(**kwargs), params, grads_seq)
+  assert [s.shape for s in state.stats] == [(4, 128, 128)]
+  for name in shapes:  # each alone, in a group of its own
+    alone, _ = run_updates(shampoo_optax.scale_by_shampoo(**kwargs), {name: params[name]},
+                           [{name: g[name]} for g in grads_seq])
+    for x, y in zip(together, alone):
+      np.testing.assert_allclose(x[name], y[name], rtol=2e-4, atol=1e-6)
