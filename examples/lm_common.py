@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import pathlib
 import sysconfig
+import time
 
 import flax.linen as nn
 import jax
@@ -100,3 +101,94 @@ class CharTransformer(nn.Module):
 def cross_entropy(logits, targets):
   logp = jax.nn.log_softmax(logits)
   return -jnp.mean(jnp.take_along_axis(logp, targets[..., None], axis=-1))
+
+
+@dataclasses.dataclass
+class History:
+  """What a training run measured. Times exclude compilation and evaluation."""
+
+  name: str
+  eval_steps: list[int] = dataclasses.field(default_factory=list)
+  eval_seconds: list[float] = dataclasses.field(default_factory=list)  # training time so far
+  valid_loss: list[float] = dataclasses.field(default_factory=list)
+  train_loss: list[float] = dataclasses.field(default_factory=list)  # every step
+  step_seconds: list[float] = dataclasses.field(default_factory=list)  # every step after the 1st
+  compile_seconds: float = 0.0
+  state_bytes: int = 0
+  lr: float | None = None
+
+  @property
+  def final_valid(self) -> float:
+    return self.valid_loss[-1]
+
+  @property
+  def median_step(self) -> float:
+    return float(np.median(self.step_seconds))
+
+  def reach(self, target: float) -> tuple[int | None, float | None]:
+    """(steps, training seconds) at the first evaluation with valid loss <= target."""
+    for step, seconds, loss in zip(self.eval_steps, self.eval_seconds, self.valid_loss):
+      if loss <= target:
+        return step, seconds
+    return None, None
+
+
+def train_lm(tx, corpus: Corpus, *, name: str, num_layers: int = 4, d_model: int = 128,
+             seq_len: int = 64, batch_size: int = 32, steps: int = 300, seed: int = 0,
+             eval_every: int = 25, valid_batches: int = 8, progress: bool = True) -> History:
+  """Trains CharTransformer with optimizer ``tx`` (a flax TrainState loop)."""
+  from flax.training import train_state  # noqa: PLC0415
+
+  model = CharTransformer(len(corpus.vocab), d_model=d_model, num_layers=num_layers,
+                          seq_len=seq_len)
+  data = batches(corpus.train, batch_size, seq_len, seed)
+  valid = fixed_batches(corpus.valid, valid_batches, 64, seq_len)
+  x0, _ = next(batches(corpus.train, batch_size, seq_len, seed))
+  state = train_state.TrainState.create(
+      apply_fn=model.apply, params=model.init(jax.random.key(seed), x0), tx=tx)
+
+  @jax.jit
+  def train_step(state, x, y):
+    loss, grads = jax.value_and_grad(
+        lambda p: cross_entropy(state.apply_fn(p, x), y))(state.params)
+    return state.apply_gradients(grads=grads), loss
+
+  @jax.jit
+  def eval_loss(params, x, y):
+    return cross_entropy(model.apply(params, x), y)
+
+  history = History(name, lr=getattr(tx, "learning_rate", None))
+  history.state_bytes = sum(x.nbytes for x in jax.tree.leaves(state.opt_state))
+  t = time.perf_counter()
+  compiled = train_step.trace(state, x0, x0).lower().compile()
+  history.compile_seconds = time.perf_counter() - t
+  bar = _progress(steps, name) if progress else None
+  elapsed = 0.0
+  for step in range(1, steps + 1):
+    x, y = next(data)
+    t = time.perf_counter()
+    state, loss = compiled(state, x, y)
+    loss = float(loss)  # waits for the step
+    dt = time.perf_counter() - t
+    elapsed += dt
+    if step > 1:
+      history.step_seconds.append(dt)
+    history.train_loss.append(loss)
+    if step % eval_every == 0 or step == steps:
+      v = float(np.mean([eval_loss(state.params, vx, vy) for vx, vy in valid]))
+      history.eval_steps.append(step)
+      history.eval_seconds.append(elapsed)
+      history.valid_loss.append(v)
+      if bar is not None:
+        bar.set_postfix(train=f"{loss:.3f}", valid=f"{v:.3f}")
+    if bar is not None:
+      bar.update(1)
+  if bar is not None:
+    bar.close()
+  return history
+
+
+def _progress(total: int, desc: str):
+  from tqdm.auto import tqdm  # noqa: PLC0415
+
+  return tqdm(total=total, desc=f"{desc:>8s}", unit="step", leave=True)

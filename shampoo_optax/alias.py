@@ -31,6 +31,8 @@ def shampoo(
     stagger_root_refresh: bool = True,
     max_root_error: jax.typing.ArrayLike = 0.25,
     mu_dtype: Any | None = None,
+    statistics_dtype: Any = "float32",
+    pseudo_inverse_rtol: float | None = None,
     mesh: jax.sharding.Mesh | None = None,
     block_axis: str | tuple[str, ...] | None = None,
     weight_decay: jax.typing.ArrayLike = 0.0,
@@ -70,6 +72,10 @@ def shampoo(
     stagger_root_refresh: spread root refreshes evenly over steps.
     max_root_error: roots with a larger error estimate are rejected.
     mu_dtype: dtype of the first moment.
+    statistics_dtype: storage of statistics and roots: ``'float32'``,
+      ``'bfloat16'`` or ``'int8'``.
+    pseudo_inverse_rtol: use pseudo-inverse roots, dropping eigenvalues below
+      this fraction of the largest.
     mesh: a mesh to spread the statistics and roots over.
     block_axis: the mesh axis (or axes) the statistics' blocks are split over.
     weight_decay: decoupled weight decay, multiplied by the learning rate as in
@@ -113,6 +119,8 @@ def shampoo(
           stagger_root_refresh=stagger_root_refresh,
           max_root_error=max_root_error,
           mu_dtype=mu_dtype,
+          statistics_dtype=statistics_dtype,
+          pseudo_inverse_rtol=pseudo_inverse_rtol,
           mesh=mesh,
           block_axis=block_axis,
       ),

@@ -149,14 +149,20 @@ def group_dim(dim: int, block_size: int) -> int:
 _MERGE_OVERHEAD = 0.1
 
 
-def _slot_sizes(leaves, members, block_size) -> dict[tuple[int, int], int]:
-  """Slot size for each (statistic dim, exponent); see the module docstring."""
+def _slot_sizes(leaves, members, block_size, pad_slots) -> dict[tuple[int, int], int]:
+  """Slot size for each (statistic dim, exponent); see the module docstring.
+
+  Without ``pad_slots`` every statistic gets a slot of its own size (SOAP: an
+  eigenbasis of a padded statistic could mix the padding into it).
+  """
   counts: dict[tuple[int, int], int] = {}  # (dim, exponent) -> number of statistics
   for (block_shape, pre, exponent), mem in members.items():
     size = sum(leaves[i].pieces[j].num_blocks for i, j in mem)
     for dim, is_pre in zip(block_shape, pre):
       if is_pre:
         counts[(dim, exponent)] = counts.get((dim, exponent), 0) + size
+  if not pad_slots:
+    return {key: key[0] for key in counts}
   slot = {key: group_dim(key[0], block_size) for key in counts}
   budget = _MERGE_OVERHEAD * sum(n * slot[k] ** 2 for k, n in counts.items())
   for exponent in {e for _, e in counts}:
@@ -223,6 +229,7 @@ def make_plan(
     skip_preconditioning_dim_size_gt: int,
     exponent_override: int | None,
     shard_multiple: int = 1,
+    pad_slots: bool = True,
 ) -> Plan:
   """Builds the plan for parameters of the given shapes (in tree order)."""
   leaves = tuple(
@@ -243,7 +250,7 @@ def make_plan(
       members.setdefault(key, []).append((i, j))
   # Statistic slots: (block dim, exponent) -> slot size, then groups in order
   # of appearance of their (slot size, exponent).
-  slot = _slot_sizes(leaves, members, block_size)
+  slot = _slot_sizes(leaves, members, block_size, pad_slots)
   group_sizes: dict[tuple[int, int], int] = {}
   stacks = []
   for (block_shape, pre, exponent), mem in members.items():
@@ -362,3 +369,26 @@ def precondition_einsum(rank: int, axis: int) -> str:
   lower, upper = einsum_letters(rank)
   out = lower[:axis] + upper[axis] + lower[axis + 1 :]
   return f"z{lower},z{lower[axis]}{upper[axis]}->z{out}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+  """The static, shape-setting settings of an optimizer: they pick the plan."""
+
+  block_size: int
+  max_merged_dim: int
+  skip_preconditioning_dim_size_gt: int
+  exponent_override: int | None = None
+  shard_multiple: int = 1
+  pad_slots: bool = True
+
+  def plan(self, leaves) -> Plan:
+    return make_plan(
+        tuple(tuple(x.shape) for x in leaves),
+        block_size=self.block_size,
+        max_merged_dim=self.max_merged_dim,
+        skip_preconditioning_dim_size_gt=self.skip_preconditioning_dim_size_gt,
+        exponent_override=self.exponent_override,
+        shard_multiple=self.shard_multiple,
+        pad_slots=self.pad_slots,
+    )

@@ -21,6 +21,9 @@ so that before preconditioning starts, Shampoo *is* that optimizer:
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -88,3 +91,39 @@ def direction(
         lambda m, n: m * jnp.where(n > 0, jax.lax.rsqrt(n + eps), 0.0), mu_hat, nu
     )
   return mu_hat
+
+
+@dataclasses.dataclass(frozen=True)
+class MomentDtypes:
+  """Storage dtypes of the first moment and the grafting second moment.
+
+  Computation happens in the gradients' dtype (as in optax.adam); the moments
+  are stored in ``mu`` / ``nu`` (``None``: the parameters' dtype).
+  """
+
+  mu: Any | None
+  nu: Any | None
+  keeps_nu: bool
+
+  @classmethod
+  def create(cls, mu_dtype, statistics_dtype: str, graft: str) -> MomentDtypes:
+    compact = statistics_dtype != "float32"
+    if mu_dtype is None and statistics_dtype == "int8":
+      mu_dtype = jnp.bfloat16
+    return cls(
+        mu=None if mu_dtype is None else jax.dtypes.canonicalize_dtype(mu_dtype),
+        nu=jnp.dtype(jnp.bfloat16) if compact else None,
+        keeps_nu=keeps_second_moment(graft),
+    )
+
+  def init(self, params):
+    mu = optax.tree.zeros_like(params, dtype=self.mu)
+    nu = optax.tree.zeros_like(params, dtype=self.nu) if self.keeps_nu else ()
+    return mu, nu
+
+  def load(self, mu, nu, grads):
+    """The stored moments in the gradients' dtypes, for computing."""
+    return optax.tree.cast_like(mu, grads), optax.tree.cast_like(nu, grads) if nu else ()
+
+  def store(self, mu, nu, old_mu, old_nu):
+    return optax.tree.cast_like(mu, old_mu), optax.tree.cast_like(nu, old_nu) if nu else ()

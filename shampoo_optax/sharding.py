@@ -115,6 +115,24 @@ def explicit_axes_in_context() -> tuple[str, ...]:
                if t == AxisType.Explicit)
 
 
+def call_in_block_layout(fn: Callable, args: tuple, leaves_like: Any, groups: Any,
+                         block_sharding: BlockSharding) -> Any:
+  """fn(*args) -> (leaves, groups), on Auto axes when the mesh in context is Explicit.
+
+  Cutting sharded arrays into blocks and back needs the compiler to choose the
+  intermediate shardings, which Explicit axes do not allow; so the block-layout
+  code runs under ``jax.sharding.auto_axes``, with outputs placed like
+  ``leaves_like`` (the gradients' shardings) and the groups split over the
+  block axis.
+  """
+  explicit = explicit_axes_in_context()
+  if not explicit:
+    return fn(*args)
+  out_specs = (jax.tree.map(spec_of, leaves_like),
+               jax.tree.map(lambda _: block_sharding.spec, groups))
+  return jax.sharding.auto_axes(fn, axes=explicit, out_sharding=out_specs)(*args)
+
+
 def spec_of(x) -> PartitionSpec:
   """The PartitionSpec in a traced value's type (Explicit axes only)."""
   sharding = getattr(jax.typeof(x), "sharding", None)

@@ -16,9 +16,12 @@ def _split(dim, block):
   return [(s, min(s + block, dim)) for s in range(0, dim, block)]
 
 
-def _inverse_root(stat, p, matrix_eps):
+def _inverse_root(stat, p, matrix_eps, pseudo_inverse_rtol=None):
   w, q = np.linalg.eigh(stat)
   w = np.maximum(w, 0)
+  if pseudo_inverse_rtol is not None:  # drop the directions below the threshold
+    keep = w > pseudo_inverse_rtol * w[-1]
+    return (q[:, keep] * (w[keep] + matrix_eps * w[-1]) ** (-1.0 / p)) @ q[:, keep].T
   w = w + matrix_eps * w[-1]
   return (q * w ** (-1.0 / p)) @ q.T
 
@@ -27,8 +30,10 @@ class NumpyShampoo:
   """Shampoo with Adam grafting, refreshing all roots every k steps."""
 
   def __init__(self, shapes, *, block_size, b1, b2, eps, matrix_eps,
-               precondition_every, start_preconditioning_step, learning_rate):
+               precondition_every, start_preconditioning_step, learning_rate,
+               pseudo_inverse_rtol=None):
     self.hp = dict(b1=b1, b2=b2, eps=eps, matrix_eps=matrix_eps)
+    self.pseudo_inverse_rtol = pseudo_inverse_rtol
     self.k = precondition_every
     self.start = start_preconditioning_step
     self.lr = learning_rate
@@ -75,7 +80,8 @@ class NumpyShampoo:
       others = [a for a in range(rank) if a != axis]
       stats[axis][...] = b2 * stats[axis] + (1 - b2) * np.tensordot(g, g, (others, others))
       if refresh:
-        roots[axis][...] = _inverse_root(stats[axis], 2 * rank, matrix_eps)
+        roots[axis][...] = _inverse_root(stats[axis], 2 * rank, matrix_eps,
+                                         self.pseudo_inverse_rtol)
     p = m
     for axis in range(rank):
       p = np.moveaxis(np.tensordot(p, roots[axis], (axis, 0)), -1, axis)

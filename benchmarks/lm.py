@@ -1,0 +1,173 @@
+# Copyright 2026 The shampoo_optax Authors.
+# SPDX-License-Identifier: Apache-2.0
+"""Optimizers side by side on a character-level Transformer LM, in one run.
+
+Same model, data, seeds and step budget for every optimizer: ``optax.adamw``,
+``optax.contrib.muon``, Google's original ``precondition.distributed_shampoo``
+(see benchmarks/peers.py) and ``shampoo_optax.shampoo``. Each optimizer's
+learning rate is swept on the first seed; the best one is then run on every
+seed. Printed per optimizer, as means (and spreads) over seeds and as ratios
+to AdamW measured in the same run: validation loss at the budget, steps and
+training seconds to reach AdamW's final validation loss, median step time,
+worst step / median step, compile time and optimizer-state bytes.
+
+    python benchmarks/lm.py                       # the recorded figures (~40 min, 2 CPUs)
+    python benchmarks/lm.py --tiny                # a smoke run (CI)
+    python benchmarks/lm.py --optimizers adamw,shampoo --seeds 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import platform
+import sys
+import time
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # see examples/char_lm.py
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+HERE = pathlib.Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "examples"))
+import lm_common  # noqa: E402
+import peers  # noqa: E402
+
+import shampoo_optax  # noqa: E402
+
+
+def make_optimizers(weight_decay: float, block_size: int, precondition_every: int):
+  def ours(lr):
+    return shampoo_optax.shampoo(lr, block_size=block_size, precondition_every=precondition_every,
+                                 weight_decay=weight_decay)
+
+  def google(lr):
+    return peers.google_shampoo(lr, block_size=block_size,
+                                preconditioning_compute_steps=precondition_every,
+                                weight_decay=weight_decay)
+
+  return {
+      "adamw": lambda lr: peers.adamw(lr, weight_decay=weight_decay),
+      "muon": lambda lr: peers.muon(lr, weight_decay=weight_decay),
+      "google_shampoo": google,
+      "shampoo": ours,
+  }
+
+
+def summarize(runs: dict[str, list[lm_common.History]], baseline: str = "adamw") -> list[dict]:
+  """Means over seeds, and ratios to the baseline's means."""
+  base = runs[baseline]
+  base_final = {i: h.final_valid for i, h in enumerate(base)}
+  rows = []
+  for name, hs in runs.items():
+    reach = [h.reach(base_final[i]) for i, h in enumerate(hs)]
+    steps = [s for s, _ in reach if s is not None]
+    secs = [t for _, t in reach if t is not None]
+    rows.append(dict(
+        name=name,
+        lr=hs[0].lr,
+        seeds=len(hs),
+        valid=float(np.mean([h.final_valid for h in hs])),
+        valid_std=float(np.std([h.final_valid for h in hs])),
+        reached=f"{len(steps)}/{len(hs)}",
+        steps_to_baseline=float(np.mean(steps)) if len(steps) == len(hs) else None,
+        secs_to_baseline=float(np.mean(secs)) if len(secs) == len(hs) else None,
+        step_ms=1e3 * float(np.median([h.median_step for h in hs])),
+        worst_step=float(max(max(h.step_seconds) / h.median_step for h in hs)),
+        compile_s=float(np.median([h.compile_seconds for h in hs])),
+        state_mb=hs[0].state_bytes / 2**20,
+    ))
+  b = rows[[r["name"] for r in rows].index(baseline)]
+  base_steps, base_secs = base[0].eval_steps[-1], float(np.mean([h.eval_seconds[-1] for h in base]))
+  for r in rows:
+    r["valid_x"] = r["valid"] / b["valid"]
+    r["steps_x"] = None if r["steps_to_baseline"] is None else r["steps_to_baseline"] / base_steps
+    r["secs_x"] = None if r["secs_to_baseline"] is None else r["secs_to_baseline"] / base_secs
+    r["step_x"] = r["step_ms"] / b["step_ms"]
+    r["compile_x"] = r["compile_s"] / b["compile_s"]
+    r["state_x"] = r["state_mb"] / b["state_mb"]
+  return rows
+
+
+def table(rows: list[dict]) -> str:
+  fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
+  head = (f"{'optimizer':>15s} {'lr':>7s} {'valid (mean±sd)':>16s} {'x AdamW':>7s} "
+          f"{'reached':>7s} {'steps x':>7s} {'secs x':>7s} {'ms/step':>8s} {'step x':>6s} "
+          f"{'worst/med':>9s} {'compile s':>9s} {'x':>5s} {'state MB':>8s} {'x':>5s}")
+  lines = [head]
+  for r in rows:
+    lines.append(
+        f"{r['name']:>15s} {r['lr']:7.0e} {r['valid']:9.4f}±{r['valid_std']:.4f} "
+        f"{r['valid_x']:7.3f} {r['reached']:>7s} {fmt(r['steps_x'], '7.2f'):>7s} "
+        f"{fmt(r['secs_x'], '7.2f'):>7s} {r['step_ms']:8.1f} {r['step_x']:6.2f} "
+        f"{r['worst_step']:9.2f} {r['compile_s']:9.1f} {r['compile_x']:5.2f} "
+        f"{r['state_mb']:8.2f} {r['state_x']:5.2f}")
+  return "\n".join(lines)
+
+
+def machine() -> str:
+  return (f"{platform.platform()}, {os.cpu_count()} CPUs, jax {jax.__version__}, "
+          f"backend {jax.default_backend()} ({jax.devices()[0].device_kind})")
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  p.add_argument("--steps", type=int, default=300)
+  p.add_argument("--seeds", default="0,1,2")
+  p.add_argument("--lrs", default="1e-3,2e-3,4e-3", help="learning rates swept on the 1st seed")
+  p.add_argument("--optimizers", default="adamw,muon,google_shampoo,shampoo")
+  p.add_argument("--layers", type=int, default=4)
+  p.add_argument("--batch-size", type=int, default=32)
+  p.add_argument("--seq-len", type=int, default=64)
+  p.add_argument("--block-size", type=int, default=128)
+  p.add_argument("--precondition-every", type=int, default=10)
+  p.add_argument("--weight-decay", type=float, default=1e-4)
+  p.add_argument("--eval-every", type=int, default=10)
+  p.add_argument("--tiny", action="store_true", help="seconds-long smoke run")
+  p.add_argument("--json", type=pathlib.Path, help="also write the results here")
+  args = p.parse_args(argv)
+  if args.tiny:
+    args.steps, args.seeds, args.lrs, args.layers, args.eval_every = 12, "0", "2e-3", 1, 4
+    args.batch_size, args.block_size, args.precondition_every = 8, 32, 4
+  seeds = [int(s) for s in args.seeds.split(",")]
+  lrs = [float(v) for v in args.lrs.split(",")]
+  names = args.optimizers.split(",")
+  if "adamw" not in names:
+    names = ["adamw", *names]
+  print(f"$ python {' '.join(sys.argv)}")
+  print(machine())
+  corpus = lm_common.load_corpus(200_000 if args.tiny else 2_000_000)
+  optimizers = make_optimizers(args.weight_decay, args.block_size, args.precondition_every)
+  common = dict(num_layers=args.layers, seq_len=args.seq_len, batch_size=args.batch_size,
+                steps=args.steps, eval_every=args.eval_every, progress=False)
+
+  def run(name, lr, seed):
+    t = time.perf_counter()
+    h = lm_common.train_lm(optimizers[name](lr), corpus, name=name, seed=seed, **common)
+    h.lr = lr
+    print(f"  {name:>15s} lr {lr:.0e} seed {seed}: valid {h.final_valid:.4f}, "
+          f"{1e3 * h.median_step:.1f} ms/step ({time.perf_counter() - t:.0f} s)", flush=True)
+    return h
+
+  runs, sweeps = {}, {}
+  for name in names:
+    sweep = [run(name, lr, seeds[0]) for lr in lrs]
+    best = min(sweep, key=lambda h: h.final_valid)
+    sweeps[name] = {h.lr: h.final_valid for h in sweep}
+    runs[name] = [best] + [run(name, best.lr, s) for s in seeds[1:]]
+  rows = summarize(runs)
+  print()
+  print(f"{args.layers}-layer char Transformer, batch {args.batch_size}x{args.seq_len}, "
+        f"{args.steps} steps, seeds {seeds}; lr swept over {lrs} on seed {seeds[0]}")
+  print(table(rows))
+  if args.json:
+    args.json.write_text(json.dumps(dict(command=" ".join(sys.argv), machine=machine(),
+                                         rows=rows, sweeps=sweeps), indent=1))
+
+
+if __name__ == "__main__":
+  main()

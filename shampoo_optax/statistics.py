@@ -1,0 +1,129 @@
+# Copyright 2026 The shampoo_optax Authors.
+# SPDX-License-Identifier: Apache-2.0
+"""Kronecker-factor statistics and the matrices refreshed from them.
+
+Shared by Shampoo (inverse roots) and SOAP (eigenbases): per block ``G`` and
+preconditioned axis, a statistic ``L <- b2 L + (1 - b2) G G^T`` (contracting
+every other axis for higher-rank blocks), kept in groups (see ``blocking.py``)
+in a compact stored form (see ``quantization.py``); and, refreshed from each
+statistic every ``precondition_every`` steps, a derived matrix (its ``factor``).
+
+The refresh schedule: with ``stagger``, row ``i`` of a group is refreshed on
+the steps ``t`` with ``(t - t0) % k == i % k``: ``1/k`` of the rows on every
+step, so no step pays for all of them, and the same rows whatever the mesh, so
+that sharded and single-device runs agree. Without it, every row on every
+``k``-th step, under ``jax.lax.cond``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+from shampoo_optax import blocking, grafting, quantization
+
+# compute(stats [r, d, d], old factors [r, d, d], exponent) ->
+#   (new factors [r, d, d], error [r], ok [r]); float32 throughout.
+Compute = Callable[[jax.Array, jax.Array, int], tuple[jax.Array, jax.Array, jax.Array]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+  """When each factor is recomputed."""
+
+  every: int  # precondition_every
+  start: int  # start_preconditioning_step: factors are used from step start + 1
+  stagger: bool
+
+  def first_step(self) -> int:
+    """Staggered refreshes start k steps early: all factors ready at start + 1."""
+    return max(1, self.start - self.every + 1)
+
+
+def accumulate(plan: blocking.Plan, stats: tuple, grad_stacks: list[jax.Array],
+               b2: jax.typing.ArrayLike, codec: quantization.Codec) -> tuple:
+  """stats <- b2 stats + (1 - b2) G G^T for every group, in stored form."""
+  parts: list[list[jax.Array]] = [[] for _ in plan.groups]
+  for stack, grads in zip(plan.stacks, grad_stacks):
+    rank = len(stack.block_shape)
+    for axis, group, _ in stack.statistics:
+      contribution = jnp.einsum(
+          blocking.statistic_einsum(rank, axis), grads, grads,
+          precision=jax.lax.Precision.HIGHEST,
+      )
+      pad = plan.groups[group].dim - stack.block_shape[axis]
+      parts[group].append(jnp.pad(contribution, ((0, 0), (0, pad), (0, pad))))
+  weight = grafting.moment_weight(b2)
+  out = []
+  for group, old, new in zip(plan.groups, stats, parts):
+    new = jnp.concatenate(new, axis=0) if len(new) > 1 else new[0]
+    # The state may carry more padding than the plan asks for (a state saved
+    # on a larger mesh and restored on a smaller one): pad to what it has.
+    rows = quantization.num_matrices(old)
+    if rows > new.shape[0]:
+      new = jnp.pad(new, ((0, rows - new.shape[0]), (0, 0), (0, 0)))
+    out.append(codec.encode(b2 * codec.decode(old, group.dim) + weight * new))
+  return tuple(out)
+
+
+def refresh(plan: blocking.Plan, stats: tuple, factors: tuple, errors: tuple,
+            failures: tuple, count: jax.Array, *, compute: Compute, schedule: Schedule,
+            block_sharding, codec: quantization.Codec,
+            factor_codec: quantization.Codec) -> tuple[tuple, tuple, tuple]:
+  """Recomputes the factors that are due at step ``count``, group by group."""
+  out = []
+  for group, s, f, e, n in zip(plan.groups, stats, factors, errors, failures):
+    refresh_group = functools.partial(
+        _refresh_group, dim=group.dim, exponent=group.exponent, compute=compute,
+        schedule=schedule, codec=codec, factor_codec=factor_codec)
+    out.append(block_sharding.map_blocks(refresh_group, (s, f, e, n), (count,)))
+  if not out:
+    return (), (), ()
+  place = lambda tree: jax.tree.map(block_sharding.place, tree)  # noqa: E731
+  factors, errors, failures = (tuple(place(x) for x in xs) for xs in zip(*out))
+  return factors, errors, failures
+
+
+def _refresh_group(stats, factors, errors, failures, count, row_offset, *, dim, exponent,
+                   compute, schedule, codec, factor_codec):
+  """One group (or one device's rows of it): refresh the rows that are due."""
+  n = quantization.num_matrices(stats)
+  update = functools.partial(_update_rows, dim=dim, exponent=exponent, compute=compute,
+                             codec=codec, factor_codec=factor_codec)
+  if schedule.stagger:
+    t0 = schedule.first_step()
+    k = schedule.every
+    first = (count - t0 - row_offset) % k  # this device's first due row
+    rows = first + k * jnp.arange(-(-n // k))  # past n: dropped
+    return jax.lax.cond(count >= t0, update, _keep, stats, factors, errors, failures, rows)
+  due = (count > schedule.start) & ((count - schedule.start - 1) % schedule.every == 0)
+  return jax.lax.cond(due, update, _keep, stats, factors, errors, failures, jnp.arange(n))
+
+
+def _keep(stats, factors, errors, failures, rows):
+  del stats, rows
+  return factors, errors, failures
+
+
+def _update_rows(stats, factors, errors, failures, rows, *, dim, exponent, compute,
+                 codec, factor_codec):
+  """New factors where they are good; the old ones (and a failure) elsewhere."""
+  s = codec.decode(quantization.take_rows(stats, rows), dim)
+  old = factor_codec.decode(quantization.take_rows(factors, rows), dim)
+  new, error, ok = compute(s, old, exponent)
+  # A statistic that is still zero (no gradient reached it) keeps its factor
+  # without counting a failure.
+  seen = jnp.any(s != 0, axis=(-2, -1))
+  ok = seen & ok & jnp.all(jnp.isfinite(new), axis=(-2, -1))
+  new = jnp.where(ok[:, None, None], new, old)
+  e = jnp.where(seen, error, jnp.take(errors, rows, mode="fill", fill_value=0))
+  f = jnp.take(failures, rows, mode="fill", fill_value=0) + (seen & ~ok).astype(failures.dtype)
+  return (
+      quantization.put_rows(factors, rows, factor_codec.encode(new)),
+      errors.at[rows].set(e, mode="drop"),
+      failures.at[rows].set(f, mode="drop"),
+  )

@@ -1,0 +1,98 @@
+# Copyright 2026 The shampoo_optax Authors.
+# SPDX-License-Identifier: Apache-2.0
+"""Checks of arguments and inputs, with errors that name the problem.
+
+They run at construction and trace time only, never inside compiled code.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+def validate_layout(*, block_size, precondition_every, start_preconditioning_step,
+                    skip_preconditioning_dim_size_gt, max_merged_dim, exponent_override=None):
+  """The static, shape-setting integers shared by Shampoo and SOAP."""
+  for name, value in (("block_size", block_size), ("precondition_every", precondition_every),
+                      ("skip_preconditioning_dim_size_gt", skip_preconditioning_dim_size_gt)):
+    validate_int(name, value, 1)
+  validate_int("start_preconditioning_step", start_preconditioning_step, 0)
+  for name, value in (("exponent_override", exponent_override), ("max_merged_dim", max_merged_dim)):
+    if value is not None:
+      validate_int(name, value, 1)
+
+
+def validate_choice(name, value, choices):
+  if value not in choices:
+    raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+
+
+def validate_int(name, value, minimum):
+  if isinstance(value, (jax.Array, jax.core.Tracer)):
+    raise ValueError(
+        f"{name} sets shapes and must be a Python int, got an array; with "
+        "optax.inject_hyperparams pass static_args=shampoo_optax.STATIC_ARGS"
+    )
+  if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def validate_number(name, value, lower, upper, *, lower_open=False, upper_open=False):
+  """Checks a hyperparameter's range when it is known (not a tracer)."""
+  if isinstance(value, jax.core.Tracer):
+    return
+  try:
+    x = float(value)
+  except (TypeError, ValueError):
+    raise ValueError(f"{name} must be a number, got {value!r}") from None
+  ok = x == x  # not NaN
+  ok &= (x > lower) if lower_open else (x >= lower)
+  if upper is not None:
+    ok &= (x < upper) if upper_open else (x <= upper)
+  if not ok:
+    lo = "(" if lower_open else "["
+    hi = ")" if upper_open else "]"
+    bounds = f"{lo}{lower}, {'inf)' if upper is None else f'{upper}{hi}'}"
+    raise ValueError(f"{name} must be in {bounds}, got {value!r}")
+
+
+def check_float_leaves(tree, what):
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    if not jnp.issubdtype(jnp.result_type(leaf), jnp.floating):
+      raise TypeError(
+          f"{what}{jax.tree_util.keystr(path)} has dtype {jnp.result_type(leaf)}; "
+          "Shampoo needs real floating-point parameters and gradients"
+      )
+
+
+def check_updates_match(updates, reference):
+  """Raises an error naming the leaf where ``updates`` and ``reference`` differ."""
+  got = dict(jax.tree_util.tree_flatten_with_path(updates)[0])
+  want = dict(jax.tree_util.tree_flatten_with_path(reference)[0])
+  if got.keys() != want.keys() or (
+      jax.tree.structure(updates) != jax.tree.structure(reference)
+  ):
+    missing = [jax.tree_util.keystr(k) for k in want if k not in got]
+    extra = [jax.tree_util.keystr(k) for k in got if k not in want]
+    detail = "; ".join(
+        s for s in (
+            f"missing leaves {missing[:5]}" if missing else "",
+            f"unexpected leaves {extra[:5]}" if extra else "",
+        ) if s
+    ) or (
+        f"same leaves but different containers: {jax.tree.structure(updates)} "
+        f"vs {jax.tree.structure(reference)}"
+    )
+    raise ValueError(
+        "The gradient tree does not match the tree the optimizer state was "
+        f"initialized with: {detail}."
+    )
+  for key, leaf in got.items():
+    name = f"updates{jax.tree_util.keystr(key)}"
+    if jnp.shape(leaf) != jnp.shape(want[key]):
+      raise ValueError(
+          f"{name} has shape {jnp.shape(leaf)} but the optimizer state was "
+          f"initialized for shape {jnp.shape(want[key])}"
+      )
+  check_float_leaves(updates, "updates")

@@ -1,0 +1,112 @@
+# Copyright 2026 The shampoo_optax Authors.
+# SPDX-License-Identifier: Apache-2.0
+"""Compact storage of statistics and roots: accuracy and memory."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import shampoo_optax
+from shampoo_optax import quantization
+
+
+def random_psd(rng, n, d):
+  g = rng.standard_normal((n, d, 2 * d))
+  return jnp.asarray(g @ g.transpose(0, 2, 1) / d, jnp.float32)
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_float32_round_trip_is_exact(rng, symmetric):
+  x = random_psd(rng, 3, 7)
+  if not symmetric:
+    x = x + jnp.asarray(rng.standard_normal((3, 7, 7)), jnp.float32)
+  codec = quantization.Codec("float32", symmetric)
+  stored = codec.encode(x)
+  assert stored.shape == ((3, 28) if symmetric else (3, 49))
+  np.testing.assert_array_equal(codec.decode(stored, 7), x)
+
+
+def test_bfloat16_round_trip(rng):
+  x = random_psd(rng, 4, 16)
+  back = quantization.Codec("bfloat16").decode(quantization.Codec("bfloat16").encode(x), 16)
+  np.testing.assert_allclose(back, x, rtol=1e-2, atol=1e-2 * float(jnp.max(jnp.abs(x))))
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_int8_round_trip(rng, symmetric):
+  x = random_psd(rng, 4, 32)
+  codec = quantization.Codec("int8", symmetric)
+  stored = codec.encode(x)
+  assert stored.values.dtype == jnp.int8
+  back = codec.decode(stored, 32)
+  np.testing.assert_array_equal(jnp.diagonal(back, axis1=1, axis2=2),
+                                jnp.diagonal(x, axis1=1, axis2=2))  # exact diagonal
+  off = np.where(np.eye(32, dtype=bool), 0, np.abs(np.asarray(x)))
+  scale = off.max(axis=2) / 127  # [n, row]
+  if symmetric:  # entry (i, j) is stored in row min(i, j) of the triangle
+    rows = np.minimum(*np.indices((32, 32)))
+    bound = 0.5 * scale[:, rows]
+  else:
+    bound = 0.5 * scale[:, :, None]
+  assert np.all(np.abs(np.asarray(back) - np.asarray(x)) <= bound + 1e-6)
+  if symmetric:
+    np.testing.assert_array_equal(back, jnp.swapaxes(back, 1, 2))
+
+
+def transformer_like_params(rng, d=128, layers=4, vocab=96):
+  params = {"embed": (vocab, d), "head": (d, vocab), "ln_f": (d,)}
+  for i in range(layers):
+    params |= {f"l{i}_q": (d, 4, d // 4), f"l{i}_k": (d, 4, d // 4), f"l{i}_v": (d, 4, d // 4),
+               f"l{i}_o": (4, d // 4, d), f"l{i}_up": (d, 4 * d), f"l{i}_down": (4 * d, d),
+               f"l{i}_up_b": (4 * d,), f"l{i}_ln": (d,)}
+  return {k: jnp.asarray(rng.standard_normal(s), jnp.float32) for k, s in params.items()}
+
+
+def state_bytes(tx, params):
+  return sum(x.size * x.dtype.itemsize
+             for x in jax.tree.leaves(jax.eval_shape(tx.init, params)))
+
+
+def test_state_memory_targets(rng):
+  params = transformer_like_params(rng)
+  adamw = state_bytes(optax.adamw(1e-3), params)
+  f32 = state_bytes(shampoo_optax.shampoo(1e-3), params)
+  bf16 = state_bytes(shampoo_optax.shampoo(1e-3, statistics_dtype="bfloat16"), params)
+  int8 = state_bytes(shampoo_optax.shampoo(1e-3, statistics_dtype="int8"), params)
+  assert f32 <= 2.5 * adamw, f32 / adamw
+  assert bf16 <= 0.65 * f32, bf16 / f32
+  assert int8 <= 0.4 * f32, int8 / f32
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "int8"])
+def test_compact_statistics_stay_close_to_float32(rng, dtype):
+  shapes = {"w": (32, 24), "v": (24, 16), "b": (16,)}
+  params = {k: jnp.asarray(rng.standard_normal(s), jnp.float32) for k, s in shapes.items()}
+  grads_seq = [{k: jnp.asarray(rng.standard_normal(s), jnp.float32) for k, s in shapes.items()}
+               for _ in range(8)]
+  kwargs = dict(block_size=16, precondition_every=2, start_preconditioning_step=2, b2=0.95,
+                matrix_eps=1e-3)
+
+  def run(**extra):
+    tx = shampoo_optax.scale_by_shampoo(**kwargs, **extra)
+    state, update = tx.init(params), jax.jit(tx.update)
+    for grads in grads_seq:
+      updates, state = update(grads, state)
+    return updates, state
+
+  reference, _ = run()
+  compact, state = run(statistics_dtype=dtype)
+  for k in shapes:
+    rel = np.linalg.norm(compact[k] - reference[k]) / np.linalg.norm(reference[k])
+    assert rel < (0.02 if dtype == "bfloat16" else 0.1), (k, rel)
+  if dtype == "int8":
+    assert all(isinstance(s, quantization.Int8Matrices) for s in state.stats + state.roots)
+    assert all(m.dtype == jnp.bfloat16 for m in jax.tree.leaves(state.mu))
+  assert all(n.dtype == jnp.bfloat16 for n in jax.tree.leaves(state.nu))
+
+
+def test_unknown_statistics_dtype():
+  with pytest.raises(ValueError, match="statistics_dtype"):
+    shampoo_optax.shampoo(1e-3, statistics_dtype="float16")
