@@ -3,20 +3,26 @@
 """Distributed Shampoo for JAX, as an optax gradient transformation."""
 
 from shampoo_optax import sharding
-from shampoo_optax.alias import shampoo
+from shampoo_optax.alias import shampoo, soap
+from shampoo_optax.diagnostics import diagnostics
 from shampoo_optax.matrix_functions import matrix_inverse_pth_root
 from shampoo_optax.sharding import abstract_state, state_shardings
+from shampoo_optax.soap import SoapState, scale_by_soap
 from shampoo_optax.transform import STATIC_ARGS, ShampooState, scale_by_shampoo
 
 __version__ = "0.1.0"
 
 __all__ = (
     "STATIC_ARGS",
-    "abstract_state",
     "ShampooState",
+    "SoapState",
+    "abstract_state",
+    "diagnostics",
     "matrix_inverse_pth_root",
-    "sharding",
     "scale_by_shampoo",
+    "scale_by_soap",
     "shampoo",
+    "sharding",
+    "soap",
     "state_shardings",
 )

@@ -10,6 +10,7 @@ from typing import Any
 import jax
 import optax
 
+from shampoo_optax import soap as soap_lib
 from shampoo_optax import transform
 
 
@@ -124,6 +125,69 @@ def shampoo(
           mesh=mesh,
           block_axis=block_axis,
       ),
+      optax.add_decayed_weights(weight_decay, weight_decay_mask),
+      optax.scale_by_learning_rate(learning_rate),
+  )
+
+
+def soap(
+    learning_rate: optax.ScalarOrSchedule,
+    block_size: int = 128,
+    b1: jax.typing.ArrayLike = 0.95,
+    b2: jax.typing.ArrayLike = 0.95,
+    eps: jax.typing.ArrayLike = 1e-8,
+    precondition_every: int = 10,
+    start_preconditioning_step: int = 0,
+    max_merged_dim: int | None = None,
+    skip_preconditioning_dim_size_gt: int = 4096,
+    basis_method: str = "auto",
+    stagger_basis_refresh: bool = True,
+    mu_dtype: Any | None = None,
+    statistics_dtype: Any = "float32",
+    mesh: jax.sharding.Mesh | None = None,
+    block_axis: str | tuple[str, ...] | None = None,
+    weight_decay: jax.typing.ArrayLike = 0.0,
+    weight_decay_mask: Any | Callable[[optax.Params], Any] | None = None,
+) -> optax.GradientTransformationExtraArgs:
+  r"""SOAP (Adam in Shampoo's eigenbasis) with decoupled weight decay.
+
+  `Vyas et al., 2024 <https://arxiv.org/abs/2409.11321>`_: ``optax.chain(
+  scale_by_soap(...), optax.add_decayed_weights(weight_decay,
+  weight_decay_mask), optax.scale_by_learning_rate(learning_rate))``. Same
+  block, weight-decay, storage and mesh arguments as :func:`shampoo`; see
+  :func:`shampoo_optax.scale_by_soap` for the others. Start from an AdamW
+  learning rate (SOAP's paper uses about 3e-3 for small language models).
+
+  Args:
+    learning_rate: a float or an optax schedule.
+    block_size: largest side of a rotated block.
+    b1: decay of the first moment.
+    b2: decay of the second moment and the statistics.
+    eps: Adam's epsilon.
+    precondition_every: eigenbases are recomputed every this many steps.
+    start_preconditioning_step: all eigenbases in use after this step.
+    max_merged_dim: merge adjacent dimensions up to this product.
+    skip_preconditioning_dim_size_gt: larger dimensions are not rotated.
+    basis_method: ``'auto'``, ``'eigh'`` or ``'qr'``.
+    stagger_basis_refresh: spread basis refreshes evenly over steps.
+    mu_dtype: dtype of the first moment.
+    statistics_dtype: storage of statistics and bases.
+    mesh: a mesh to spread the statistics and bases over.
+    block_axis: the mesh axis (or axes) to split them over.
+    weight_decay: decoupled weight decay (times the learning rate).
+    weight_decay_mask: which parameters to decay.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``.
+  """
+  return optax.chain(
+      soap_lib.scale_by_soap(
+          block_size=block_size, b1=b1, b2=b2, eps=eps, precondition_every=precondition_every,
+          start_preconditioning_step=start_preconditioning_step, max_merged_dim=max_merged_dim,
+          skip_preconditioning_dim_size_gt=skip_preconditioning_dim_size_gt,
+          basis_method=basis_method, stagger_basis_refresh=stagger_basis_refresh,
+          mu_dtype=mu_dtype, statistics_dtype=statistics_dtype, mesh=mesh,
+          block_axis=block_axis),
       optax.add_decayed_weights(weight_decay, weight_decay_mask),
       optax.scale_by_learning_rate(learning_rate),
   )

@@ -189,6 +189,16 @@ def max_eigenvalue(matrix: jax.Array, num_steps: int = 24) -> jax.Array:
   fast when the top eigenvalues are close (gradient statistics often have
   several), which matters because the relative ridge is scaled by it.
   """
+  return extreme_eigenvalues(matrix, num_steps)[1]
+
+
+def extreme_eigenvalues(matrix: jax.Array, num_steps: int = 24) -> tuple[jax.Array, jax.Array]:
+  """(smallest, largest) Ritz values of symmetric matrices after Lanczos steps.
+
+  The largest converges fast; the smallest is an upper bound of the smallest
+  eigenvalue (exact when ``num_steps >= n``), so their ratio bounds the
+  condition number from below.
+  """
   n = matrix.shape[-1]
   k = min(n, num_steps)
   batch = matrix.shape[:-2]
@@ -215,6 +225,13 @@ def max_eigenvalue(matrix: jax.Array, num_steps: int = 24) -> jax.Array:
       _start_vector((*batch, n), dtype),
   )
   _, alphas, betas, _ = jax.lax.fori_loop(0, k, step, init)
+  # After an exact breakdown (beta = 0) the remaining steps have zero
+  # vectors; give them the first Ritz value, which lies inside the spectrum,
+  # so they move neither extreme.
+  alive = jnp.cumprod(jnp.concatenate(
+      [jnp.ones_like(betas[..., :1]), (betas[..., :-1] > 0).astype(dtype)], axis=-1), axis=-1)
+  alphas = jnp.where(alive > 0, alphas, alphas[..., :1])
+  betas = betas * alive
   i = jnp.arange(k)
   tridiagonal = (
       jnp.zeros((*batch, k, k), dtype)
@@ -222,7 +239,8 @@ def max_eigenvalue(matrix: jax.Array, num_steps: int = 24) -> jax.Array:
       .at[..., i[:-1], i[1:]].set(betas[..., :-1])
       .at[..., i[1:], i[:-1]].set(betas[..., :-1])
   )
-  return jnp.linalg.eigvalsh(tridiagonal)[..., -1]
+  ritz = jnp.linalg.eigvalsh(tridiagonal)
+  return ritz[..., 0], ritz[..., -1]
 
 
 def _root_error(root_n: jax.Array, a_n: jax.Array, p: int, basis=None) -> jax.Array:

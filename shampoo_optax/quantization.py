@@ -131,3 +131,8 @@ def put_rows(stored, rows: jax.Array, new):
 
 def num_matrices(stored) -> int:
   return jax.tree.leaves(stored)[0].shape[0]
+
+
+def packed_size(d: int) -> int:
+  """Numbers stored for one symmetric d x d matrix."""
+  return d * (d + 1) // 2

@@ -168,7 +168,8 @@ def state_shardings(
     A tree with the structure of ``tx.init(params)`` and a ``NamedSharding``
     at each leaf.
   """
-  from shampoo_optax.transform import ShampooState  # noqa: PLC0415  (import cycle)
+  from shampoo_optax.soap import SoapState  # noqa: PLC0415  (import cycle)
+  from shampoo_optax.transform import ShampooState  # noqa: PLC0415
 
   replicated = NamedSharding(mesh, PartitionSpec())
   blocks = NamedSharding(mesh, BlockSharding.create(mesh, block_axis).spec)
@@ -188,18 +189,22 @@ def state_shardings(
       return False
     return [getattr(x, "shape", None) for x in jax.tree.leaves(node)] == shapes
 
+  def is_state(node):
+    return isinstance(node, (ShampooState, SoapState))
+
   def assign(node):
-    if isinstance(node, ShampooState):
-      groups = lambda t: tuple(blocks for _ in t)  # noqa: E731
-      return ShampooState(
-          count=replicated,
-          mu=like_params,
-          nu=like_params if node.nu != () else (),
-          stats=groups(node.stats),
-          roots=groups(node.roots),
-          root_errors=groups(node.root_errors),
-          root_failures=groups(node.root_failures),
-      )
+    if is_state(node):
+      # count: replicated; mu, nu: like the parameters; every per-group field
+      # (statistics, roots or bases, errors, failures): split over the blocks.
+      fields = {}
+      for name, value in node._asdict().items():
+        if name == "count":
+          fields[name] = replicated
+        elif name in ("mu", "nu"):
+          fields[name] = like_params if value != () else ()
+        else:
+          fields[name] = jax.tree.map(lambda _: blocks, value)
+      return type(node)(**fields)
     if is_params_like(node):
       return like_params
     return replicated
@@ -210,7 +215,7 @@ def state_shardings(
   # because the number of Shampoo's statistic groups depends on the shapes.
   return jax.tree.map(
       assign, jax.eval_shape(tx.init, params),
-      is_leaf=lambda n: isinstance(n, ShampooState) or is_params_like(n),
+      is_leaf=lambda n: is_state(n) or is_params_like(n),
   )
 
 

@@ -26,9 +26,10 @@ import jax.numpy as jnp
 
 from shampoo_optax import blocking, grafting, quantization
 
-# compute(stats [r, d, d], old factors [r, d, d], exponent) ->
+# compute(stats [r, d, d], old factors [r, d, d], exponent, count) ->
 #   (new factors [r, d, d], error [r], ok [r]); float32 throughout.
-Compute = Callable[[jax.Array, jax.Array, int], tuple[jax.Array, jax.Array, jax.Array]]
+Compute = Callable[[jax.Array, jax.Array, int, jax.Array],
+                   tuple[jax.Array, jax.Array, jax.Array]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,10 +39,11 @@ class Schedule:
   every: int  # precondition_every
   start: int  # start_preconditioning_step: factors are used from step start + 1
   stagger: bool
+  earliest: int = 1  # no refresh before this step
 
   def first_step(self) -> int:
     """Staggered refreshes start k steps early: all factors ready at start + 1."""
-    return max(1, self.start - self.every + 1)
+    return max(self.earliest, self.start - self.every + 1)
 
 
 def accumulate(plan: blocking.Plan, stats: tuple, grad_stacks: list[jax.Array],
@@ -92,15 +94,16 @@ def _refresh_group(stats, factors, errors, failures, count, row_offset, *, dim, 
                    compute, schedule, codec, factor_codec):
   """One group (or one device's rows of it): refresh the rows that are due."""
   n = quantization.num_matrices(stats)
-  update = functools.partial(_update_rows, dim=dim, exponent=exponent, compute=compute,
-                             codec=codec, factor_codec=factor_codec)
+  update = functools.partial(_update_rows, dim=dim, exponent=exponent, count=count,
+                             compute=compute, codec=codec, factor_codec=factor_codec)
   if schedule.stagger:
     t0 = schedule.first_step()
     k = schedule.every
     first = (count - t0 - row_offset) % k  # this device's first due row
     rows = first + k * jnp.arange(-(-n // k))  # past n: dropped
     return jax.lax.cond(count >= t0, update, _keep, stats, factors, errors, failures, rows)
-  due = (count > schedule.start) & ((count - schedule.start - 1) % schedule.every == 0)
+  start = max(schedule.start, schedule.earliest - 1)
+  due = (count > start) & ((count - start - 1) % schedule.every == 0)
   return jax.lax.cond(due, update, _keep, stats, factors, errors, failures, jnp.arange(n))
 
 
@@ -109,12 +112,12 @@ def _keep(stats, factors, errors, failures, rows):
   return factors, errors, failures
 
 
-def _update_rows(stats, factors, errors, failures, rows, *, dim, exponent, compute,
+def _update_rows(stats, factors, errors, failures, rows, *, dim, exponent, count, compute,
                  codec, factor_codec):
   """New factors where they are good; the old ones (and a failure) elsewhere."""
   s = codec.decode(quantization.take_rows(stats, rows), dim)
   old = factor_codec.decode(quantization.take_rows(factors, rows), dim)
-  new, error, ok = compute(s, old, exponent)
+  new, error, ok = compute(s, old, exponent, count)
   # A statistic that is still zero (no gradient reached it) keeps its factor
   # without counting a failure.
   seen = jnp.any(s != 0, axis=(-2, -1))

@@ -354,10 +354,10 @@ def _graft(direction: jax.Array, diagonal_step: jax.Array) -> jax.Array:
   return direction * jnp.where(norm > 0, target / jnp.where(norm > 0, norm, 1), 0)
 
 
-def _inverse_roots(stats, old_roots, p, *, method, matrix_eps, max_root_error,
+def _inverse_roots(stats, old_roots, p, count, *, method, matrix_eps, max_root_error,
                    pseudo_inverse_rtol):
   """statistics.Compute for Shampoo: (roots, error, ok)."""
-  del old_roots
+  del old_roots, count
   root = functools.partial(
       matrix_functions.matrix_inverse_pth_root, stats, p,
       relative_ridge_epsilon=matrix_eps, fallback_threshold=max_root_error,

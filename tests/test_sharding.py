@@ -41,6 +41,11 @@ def test_sharded_equals_single_device():
   assert max(errors.values()) <= 1e-5, errors
 
 
+def test_sharded_soap_equals_single_device():
+  errors = run_case("soap_equivalence")
+  assert max(errors.values()) <= 1e-4, errors
+
+
 def test_memory_per_device_shrinks_with_devices():
   per_device = {int(n): b for n, b in run_case("memory").items()}
   for n in (2, 4, 8):

@@ -1,0 +1,131 @@
+# Copyright 2026 The shampoo_optax Authors.
+# SPDX-License-Identifier: Apache-2.0
+"""Per-parameter health of Shampoo's (or SOAP's) preconditioners.
+
+``diagnostics(opt_state, params)`` reads, for every preconditioned parameter:
+the error estimate of the last inverse root (or eigenbasis) computed for its
+statistics (the largest over its blocks and axes), how many computed roots were
+rejected, and an estimate of the statistics' condition number. It is a handful
+of batched array operations (24 Lanczos steps per statistic for the
+condition), cheap enough to log every few hundred steps, and may be jitted.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from shampoo_optax import blocking, matrix_functions, quantization
+from shampoo_optax.soap import SoapState
+from shampoo_optax.transform import ShampooState
+
+
+def diagnostics(
+    opt_state: Any,
+    params: optax.Params,
+    *,
+    block_size: int = 128,
+    max_merged_dim: int | None = None,
+    skip_preconditioning_dim_size_gt: int = 4096,
+    exponent_override: int | None = None,
+) -> dict[str, dict[str, jax.Array]]:
+  """Root errors, failures and condition estimates, per preconditioned parameter.
+
+  Pass the layout arguments you gave the optimizer (the defaults are
+  ``shampoo``'s); a mismatch with the state is reported as an error.
+
+  Args:
+    opt_state: the optimizer state; the first ``ShampooState`` or
+      ``SoapState`` in it is read (e.g. inside ``optax.chain``).
+    params: the parameters (or anything of their tree and shapes).
+    block_size: as given to the optimizer.
+    max_merged_dim: as given to the optimizer.
+    skip_preconditioning_dim_size_gt: as given to the optimizer.
+    exponent_override: as given to the optimizer.
+
+  Returns:
+    ``{path: {"root_error": float32, "root_failures": int32, "condition":
+    float32}}`` for each preconditioned parameter, ``path`` as
+    ``jax.tree_util.keystr`` writes it. ``condition`` is
+    ``lambda_max / lambda_min`` of the worst statistic (a lower bound from
+    Lanczos; ``inf`` when singular), before the ``matrix_eps`` ridge.
+
+  Examples:
+    >>> import jax.numpy as jnp, shampoo_optax
+    >>> params = {"w": jnp.ones((8, 8))}
+    >>> tx = shampoo_optax.shampoo(1e-3, block_size=8)
+    >>> state = tx.init(params)
+    >>> report = shampoo_optax.diagnostics(state, params, block_size=8)
+    >>> sorted(report["['w']"])
+    ['condition', 'root_error', 'root_failures']
+  """
+  state = _find_state(opt_state)
+  soap = isinstance(state, SoapState)
+  stats, errors, failures = (
+      (state.stats, state.basis_errors, state.basis_failures) if soap
+      else (state.stats, state.root_errors, state.root_failures))
+  leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+  plan = blocking.Layout(
+      block_size, max_merged_dim or block_size, skip_preconditioning_dim_size_gt,
+      exponent_override, pad_slots=not soap,
+  ).plan([leaf for _, leaf in leaves])
+  _check_layout(plan, stats)
+  codec = quantization.Codec(_dtype_of(stats[0]) if stats else "float32")
+  condition = []
+  for group, s in zip(plan.groups, stats):
+    lo, hi = matrix_functions.extreme_eigenvalues(codec.decode(s, group.dim))
+    condition.append(jnp.where(lo > 0, hi / jnp.where(lo > 0, lo, 1), jnp.inf))
+  report = {}
+  for i, (path, _) in enumerate(leaves):
+    rows = _rows_of_leaf(plan, i)
+    if not rows:
+      continue
+    take = lambda arrays, g, r: jnp.take(arrays[g], jnp.asarray(r), axis=0)  # noqa: E731
+    report[jax.tree_util.keystr(path)] = {
+        "root_error": jnp.max(jnp.stack([jnp.max(take(errors, g, r)) for g, r in rows])),
+        "root_failures": jnp.sum(jnp.stack([jnp.sum(take(failures, g, r)) for g, r in rows])),
+        "condition": jnp.max(jnp.stack([jnp.max(take(condition, g, r)) for g, r in rows])),
+    }
+  return report
+
+
+def _find_state(opt_state):
+  found = [s for s in jax.tree.leaves(opt_state, is_leaf=_is_state) if _is_state(s)]
+  if not found:
+    raise ValueError("no ShampooState or SoapState in opt_state")
+  return found[0]
+
+
+def _is_state(x) -> bool:
+  return isinstance(x, (ShampooState, SoapState))
+
+
+def _dtype_of(stored) -> str:
+  if isinstance(stored, quantization.Int8Matrices):
+    return "int8"
+  return jnp.dtype(stored.dtype).name
+
+
+def _check_layout(plan, stats):
+  got = [(quantization.num_matrices(s), jax.tree.leaves(s)[0].shape[1]) for s in stats]
+  want = [(g.padded_size, quantization.packed_size(g.dim)) for g in plan.groups]
+  if len(got) != len(want) or any(
+      n < w_n or m != w_m for (n, m), (w_n, w_m) in zip(got, want)):
+    raise ValueError(
+        "The layout arguments do not match the optimizer state: pass diagnostics() the "
+        "block_size, max_merged_dim, skip_preconditioning_dim_size_gt and exponent_override "
+        f"the optimizer was built with (state groups {got}, these arguments give {want})"
+    )
+
+
+def _rows_of_leaf(plan: blocking.Plan, leaf: int) -> list[tuple[int, np.ndarray]]:
+  """(group, rows) holding the statistics of one parameter's blocks."""
+  out = []
+  for stack_index, first, count in plan.block_location(leaf):
+    for _, group, offset in plan.stacks[stack_index].statistics:
+      out.append((group, offset + first + np.arange(count)))
+  return out

@@ -1,0 +1,278 @@
+# Copyright 2026 The shampoo_optax Authors.
+# SPDX-License-Identifier: Apache-2.0
+"""SOAP: Adam in the eigenbasis of Shampoo's statistics.
+
+Eigenvalue-corrected Shampoo (George et al., 2018, EKFAC; Vyas et al., 2024,
+SOAP, arXiv 2409.11321). Per block ``G`` of a parameter, with Shampoo's
+statistics ``L``, ``R`` and their eigenbases ``Q_L``, ``Q_R`` (refreshed every
+``precondition_every`` steps, staggered like Shampoo's roots):
+
+    G' = Q_L^T G Q_R                   # the gradient in the eigenbasis
+    m  = b1 m + (1 - b1) G             # first moment, kept in the original basis
+    v  = b2 v + (1 - b2) G'^2          # second moment, in the eigenbasis
+    update = Q_L (m'_hat / (sqrt(v_hat) + eps)) Q_R^T,   m' = Q_L^T m Q_R
+
+so each step is Adam's, taken in coordinates where the statistics are
+diagonal. Until a block's basis is first computed it is the identity, and SOAP
+*is* Adam. Parameters Shampoo does not precondition (vectors, scalars) take
+Adam as is. No grafting: the step size is Adam's own.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from shampoo_optax import blocking, grafting, quantization, statistics, validation
+from shampoo_optax import sharding as sharding_lib
+
+BASIS_METHODS = ("auto", "eigh", "qr")
+
+STATIC_ARGS = (
+    "block_size", "precondition_every", "start_preconditioning_step", "max_merged_dim",
+    "skip_preconditioning_dim_size_gt", "basis_method", "stagger_basis_refresh", "mu_dtype",
+    "statistics_dtype", "mesh", "block_axis",
+)
+
+
+class SoapState(NamedTuple):
+  """State of :func:`scale_by_soap`: arrays only.
+
+  Attributes:
+    count: int32 ``[]``.
+    mu: first moment in the original basis, the parameters' tree and shapes.
+    nu: second moment, the parameters' tree and shapes, each preconditioned
+      block's entries in that block's eigenbasis coordinates.
+    stats: per group, the statistics, stored as in :class:`ShampooState`.
+    bases: per group, the eigenbases ``[n_g, d_g * d_g]`` (or int8-quantized).
+    basis_errors: per group, float32 ``[n_g]``: ``||Q^T Q - I||`` of the last
+      basis computed.
+    basis_failures: per group, int32 ``[n_g]``: bases rejected (not finite).
+  """
+
+  count: jax.Array
+  mu: optax.Updates
+  nu: optax.Updates
+  stats: tuple[Any, ...]
+  bases: tuple[Any, ...]
+  basis_errors: tuple[jax.Array, ...]
+  basis_failures: tuple[jax.Array, ...]
+
+
+def scale_by_soap(
+    block_size: int = 128,
+    b1: jax.typing.ArrayLike = 0.95,
+    b2: jax.typing.ArrayLike = 0.95,
+    eps: jax.typing.ArrayLike = 1e-8,
+    precondition_every: int = 10,
+    start_preconditioning_step: int = 0,
+    max_merged_dim: int | None = None,
+    skip_preconditioning_dim_size_gt: int = 4096,
+    basis_method: str = "auto",
+    stagger_basis_refresh: bool = True,
+    mu_dtype: Any | None = None,
+    statistics_dtype: Any = "float32",
+    mesh: jax.sharding.Mesh | None = None,
+    block_axis: str | tuple[str, ...] | None = None,
+) -> optax.GradientTransformationExtraArgs:
+  r"""Rescales updates with SOAP: Adam in the eigenbasis of Shampoo's statistics.
+
+  `Vyas et al., 2024 <https://arxiv.org/abs/2409.11321>`_. Blocks, merging,
+  sharding and compact storage work as in :func:`scale_by_shampoo`; the
+  statistics decay with ``b2``, like the second moment (SOAP's default). The
+  arguments in ``shampoo_optax.soap_optax.STATIC_ARGS`` are static.
+
+  Args:
+    block_size: largest side of a preconditioned block.
+    b1: decay of the first moment.
+    b2: decay of the second moment and of the statistics.
+    eps: Adam's epsilon.
+    precondition_every: each eigenbasis is recomputed every this many steps.
+    start_preconditioning_step: eigenbases are computed from step
+      ``start_preconditioning_step - precondition_every + 1`` on (staggered),
+      so all are in use by ``start_preconditioning_step + 1``, and never
+      before step 2 (see the code); before a block's first basis, its step is
+      Adam's.
+    max_merged_dim: adjacent dimensions are merged up to this product.
+    skip_preconditioning_dim_size_gt: dimensions larger than this are not
+      rotated.
+    basis_method: ``'eigh'``; ``'qr'``, one power-iteration step with a QR
+      from the previous basis (after a first cycle with eigh), as in SOAP; or
+      ``'auto'``: eigh on CPU, qr on accelerators.
+    stagger_basis_refresh: refresh ``1/precondition_every`` of the bases on
+      every step.
+    mu_dtype: dtype of the first moment.
+    statistics_dtype: storage of statistics and bases (``'float32'``,
+      ``'bfloat16'``, ``'int8'``).
+    mesh: a mesh to spread the statistics and bases over.
+    block_axis: the mesh axis (or axes) to split them over.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs`` with a :class:`SoapState`.
+
+  Examples:
+    >>> import jax.numpy as jnp, optax
+    >>> import shampoo_optax
+    >>> tx = shampoo_optax.soap(learning_rate=3e-3)
+    >>> params = {"w": jnp.ones((8, 4))}
+    >>> state = tx.init(params)
+    >>> updates, state = tx.update({"w": jnp.ones((8, 4))}, state, params)
+  """
+  validation.validate_layout(
+      block_size=block_size, precondition_every=precondition_every,
+      start_preconditioning_step=start_preconditioning_step,
+      skip_preconditioning_dim_size_gt=skip_preconditioning_dim_size_gt,
+      max_merged_dim=max_merged_dim)
+  validation.validate_choice("basis_method", basis_method, BASIS_METHODS)
+  validation.validate_number("b1", b1, 0.0, 1.0, upper_open=True)
+  validation.validate_number("b2", b2, 0.0, 1.0, upper_open=True)
+  validation.validate_number("eps", eps, 0.0, None)
+  codec = quantization.Codec(quantization.canonical_dtype(statistics_dtype))
+  basis_codec = quantization.Codec(codec.dtype, symmetric=False)
+  block_sharding = sharding_lib.BlockSharding.create(mesh, block_axis)
+  layout = blocking.Layout(block_size, max_merged_dim or block_size,
+                           skip_preconditioning_dim_size_gt, shard_multiple=block_sharding.size,
+                           pad_slots=False)
+  moments = grafting.MomentDtypes.create(mu_dtype, codec.dtype, "adam")
+  # No basis from the first gradient alone: in its own eigenbasis a single
+  # gradient is diagonal, and Adam's m / sqrt(v) would blow the float32
+  # rounding noise of its zero entries up to +-1. From step 2 on, v carries
+  # the history of the steps before and the noise stays noise.
+  schedule = statistics.Schedule(precondition_every, start_preconditioning_step,
+                                 stagger_basis_refresh, earliest=2)
+  # The first cycle of refreshes computes every basis with eigh; 'qr' refines
+  # them after that.
+  compute = functools.partial(_eigenbasis, method=basis_method,
+                              qr_from=schedule.first_step() + precondition_every)
+  core = functools.partial(_soap_core, b2=b2, block_sharding=block_sharding, codec=codec,
+                           basis_codec=basis_codec, compute=compute, schedule=schedule)
+
+  def init_fn(params):
+    validation.check_float_leaves(params, "params")
+    plan = layout.plan(jax.tree.leaves(params))
+    place = lambda tree: jax.tree.map(block_sharding.place, tree)  # noqa: E731
+    mu, nu = moments.init(params)
+    return SoapState(
+        count=jnp.zeros([], jnp.int32), mu=mu, nu=nu,
+        stats=tuple(place(codec.empty(g.padded_size, g.dim)) for g in plan.groups),
+        bases=tuple(place(basis_codec.empty(g.padded_size, g.dim, identity=True))
+                    for g in plan.groups),
+        basis_errors=tuple(place(jnp.zeros((g.padded_size,), jnp.float32))
+                           for g in plan.groups),
+        basis_failures=tuple(place(jnp.zeros((g.padded_size,), jnp.int32))
+                             for g in plan.groups),
+    )
+
+  def update_fn(updates, state, params=None, **extra_args):
+    del params, extra_args
+    validation.check_updates_match(updates, state.mu)
+    count = optax.safe_increment(state.count)
+    mu_prev, nu_prev = moments.load(state.mu, state.nu, updates)
+    mu = optax.tree.update_moment(updates, mu_prev, b1, 1)
+    grad_leaves, treedef = jax.tree.flatten(updates)
+    mu_leaves = jax.tree.leaves(mu)
+    plan = layout.plan(grad_leaves)
+    groups = (state.stats, state.bases, state.basis_errors, state.basis_failures)
+    rotated_grads, rotated_mu = grad_leaves, mu_leaves
+    if plan.stacks:
+      pre = [i for i, leaf in enumerate(plan.leaves) if leaf.is_preconditioned]
+      (rot_g, rot_m), groups = sharding_lib.call_in_block_layout(
+          functools.partial(core, plan), (grad_leaves, mu_leaves, groups, count),
+          ([grad_leaves[i] for i in pre], [grad_leaves[i] for i in pre]),
+          groups, block_sharding)
+      rotated_grads, rotated_mu = list(grad_leaves), list(mu_leaves)
+      for i, g, m in zip(pre, rot_g, rot_m):
+        rotated_grads[i], rotated_mu[i] = g, m
+    # Adam in the eigenbasis: the second moment of the rotated gradient.
+    rotated_grads = jax.tree.unflatten(treedef, rotated_grads)
+    nu = optax.tree.update_moment_per_elem_norm(rotated_grads, nu_prev, b2, 2)
+    mu_hat = grafting.bias_correction(jax.tree.unflatten(treedef, rotated_mu), b1, count)
+    nu_hat = grafting.bias_correction(nu, b2, count)
+    step = jax.tree.map(lambda m, v: m / (jnp.sqrt(v) + eps), mu_hat, nu_hat)
+    if plan.stacks:
+      step_leaves = jax.tree.leaves(step)
+      back = sharding_lib.call_in_block_layout(
+          functools.partial(_rotate_back, plan, codec=basis_codec),
+          (step_leaves, groups[1]), [step_leaves[i] for i in pre], (), block_sharding)[0]
+      for i, x in zip(pre, back):
+        step_leaves[i] = x
+      step = jax.tree.unflatten(treedef, step_leaves)
+    updates = jax.tree.map(lambda s, g: s.astype(g.dtype), step, updates)
+    mu, nu = moments.store(mu, nu, state.mu, state.nu)
+    return updates, SoapState(count, mu, nu, *groups)
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _soap_core(plan, grad_leaves, mu_leaves, groups, count, *, b2, block_sharding, codec,
+               basis_codec, compute, schedule):
+  """Statistics, due basis refreshes, and G, m rotated into the eigenbases."""
+  stats, bases, errors, failures = groups
+  grad_stacks = blocking.to_stacks(plan, grad_leaves, jnp.float32)
+  stats = tuple(jax.tree.map(block_sharding.place, s)
+                for s in statistics.accumulate(plan, stats, grad_stacks, b2, codec))
+  bases, errors, failures = statistics.refresh(
+      plan, stats, bases, errors, failures, count, compute=compute, schedule=schedule,
+      block_sharding=block_sharding, codec=codec, factor_codec=basis_codec)
+  full = [basis_codec.decode(b, g.dim) for g, b in zip(plan.groups, bases)]
+  mu_stacks = blocking.to_stacks(plan, mu_leaves, jnp.float32)
+  rotate = functools.partial(_rotate, plan, full, transpose=True)
+  rotated = [_preconditioned_only(plan, blocking.from_stacks(plan, rotate(x)))
+             for x in (grad_stacks, mu_stacks)]
+  return tuple(rotated), (stats, bases, errors, failures)
+
+
+def _rotate_back(plan, step_leaves, bases, *, codec):
+  full = [codec.decode(b, g.dim) for g, b in zip(plan.groups, bases)]
+  stacks = _rotate(plan, full, blocking.to_stacks(plan, step_leaves, jnp.float32),
+                   transpose=False)
+  return _preconditioned_only(plan, blocking.from_stacks(plan, stacks)), ()
+
+
+def _preconditioned_only(plan, leaves):
+  return [x for x, leaf in zip(leaves, plan.leaves) if leaf.is_preconditioned]
+
+
+def _rotate(plan, bases, stacks, *, transpose):
+  """Each block times Q (or Q^T) on each preconditioned axis."""
+  out = []
+  for stack, blocks in zip(plan.stacks, stacks):
+    rank = len(stack.block_shape)
+    lower, upper = blocking.einsum_letters(rank)
+    for axis, group, offset in stack.statistics:
+      q = bases[group][offset: offset + stack.size]
+      # x ×_axis Q^T (into the eigenbasis): contract x's axis with Q's rows.
+      pair = f"{lower[axis]}{upper[axis]}" if transpose else f"{upper[axis]}{lower[axis]}"
+      result = lower[:axis] + upper[axis] + lower[axis + 1:]
+      blocks = jnp.einsum(f"z{lower},z{pair}->z{result}", blocks, q,
+                          precision=jax.lax.Precision.HIGHEST)
+    out.append(blocks)
+  return out
+
+
+def _eigenbasis(stats, old, exponent, count, *, method, qr_from):
+  """statistics.Compute for SOAP: (basis, orthogonality error, ok)."""
+  del exponent
+  hi = jax.lax.Precision.HIGHEST
+
+  def eigh():
+    return jnp.linalg.eigh(stats)[1]
+
+  def refine():
+    # One step of power iteration from the previous basis, re-orthonormalized
+    # (SOAP's cheap refresh); the first cycle has no previous basis: eigh.
+    q = jnp.linalg.qr(jnp.matmul(stats, old, precision=hi))[0]
+    return jax.lax.cond(count < qr_from, eigh, lambda: q)
+
+  if method == "auto":
+    basis = jax.lax.platform_dependent(cpu=eigh, default=refine)
+  else:
+    basis = eigh() if method == "eigh" else refine()
+  d = stats.shape[-1]
+  gram = jnp.matmul(jnp.swapaxes(basis, -1, -2), basis, precision=hi)
+  error = jnp.linalg.norm(gram - jnp.eye(d, dtype=gram.dtype)[None], axis=(-2, -1))
+  return basis, error, error < 1e-2
