@@ -18,7 +18,7 @@ def shampoo(
     learning_rate: optax.ScalarOrSchedule,
     block_size: int = 128,
     b1: jax.typing.ArrayLike = 0.9,
-    b2: jax.typing.ArrayLike = 0.999,
+    b2: jax.typing.ArrayLike = 0.95,
     eps: jax.typing.ArrayLike = 1e-8,
     matrix_eps: jax.typing.ArrayLike = 1e-6,
     precondition_every: int = 10,

@@ -94,9 +94,9 @@ def scale_by_soap(
     precondition_every: each eigenbasis is recomputed every this many steps.
     start_preconditioning_step: eigenbases are computed from step
       ``start_preconditioning_step - precondition_every + 1`` on (staggered),
-      so all are in use by ``start_preconditioning_step + 1``, and never
-      before step 2 (see the code); before a block's first basis, its step is
-      Adam's.
+      so all are in use by ``start_preconditioning_step + 1``; a basis is
+      used from the step after it is computed, and before a block's first
+      basis its step is Adam's.
     max_merged_dim: adjacent dimensions are merged up to this product.
     skip_preconditioning_dim_size_gt: dimensions larger than this are not
       rotated.
@@ -138,18 +138,18 @@ def scale_by_soap(
                            skip_preconditioning_dim_size_gt, shard_multiple=block_sharding.size,
                            pad_slots=False)
   moments = grafting.MomentDtypes.create(mu_dtype, codec.dtype, "adam")
-  # No basis from the first gradient alone: in its own eigenbasis a single
-  # gradient is diagonal, and Adam's m / sqrt(v) would blow the float32
-  # rounding noise of its zero entries up to +-1. From step 2 on, v carries
-  # the history of the steps before and the noise stays noise.
+  # A basis refreshed at step t is used from step t + 1 (see update_fn).
   schedule = statistics.Schedule(precondition_every, start_preconditioning_step,
-                                 stagger_basis_refresh, earliest=2)
+                                 stagger_basis_refresh)
   # The first cycle of refreshes computes every basis with eigh; 'qr' refines
   # them after that.
   compute = functools.partial(_eigenbasis, method=basis_method,
                               qr_from=schedule.first_step() + precondition_every)
-  core = functools.partial(_soap_core, b2=b2, block_sharding=block_sharding, codec=codec,
-                           basis_codec=basis_codec, compute=compute, schedule=schedule)
+  rotate_in = functools.partial(_rotate_in, b2=b2, block_sharding=block_sharding,
+                                codec=codec, basis_codec=basis_codec)
+  rotate_back_and_refresh = functools.partial(
+      _rotate_back_and_refresh, block_sharding=block_sharding, codec=codec,
+      basis_codec=basis_codec, compute=compute, schedule=schedule)
 
   def init_fn(params):
     validation.check_float_leaves(params, "params")
@@ -181,7 +181,7 @@ def scale_by_soap(
     if plan.stacks:
       pre = [i for i, leaf in enumerate(plan.leaves) if leaf.is_preconditioned]
       (rot_g, rot_m), groups = sharding_lib.call_in_block_layout(
-          functools.partial(core, plan), (grad_leaves, mu_leaves, groups, count),
+          functools.partial(rotate_in, plan), (grad_leaves, mu_leaves, groups),
           ([grad_leaves[i] for i in pre], [grad_leaves[i] for i in pre]),
           groups, block_sharding)
       rotated_grads, rotated_mu = list(grad_leaves), list(mu_leaves)
@@ -194,10 +194,14 @@ def scale_by_soap(
     nu_hat = grafting.bias_correction(nu, b2, count)
     step = jax.tree.map(lambda m, v: m / (jnp.sqrt(v) + eps), mu_hat, nu_hat)
     if plan.stacks:
+      # Back with the same bases; then the due bases are refreshed, for the
+      # next steps (as SOAP does: a basis is never computed from the gradient
+      # it rotates, which in its own eigenbasis would be diagonal, and Adam's
+      # m / sqrt(v) would blow the float32 noise of its zeros up to +-1).
       step_leaves = jax.tree.leaves(step)
-      back = sharding_lib.call_in_block_layout(
-          functools.partial(_rotate_back, plan, codec=basis_codec),
-          (step_leaves, groups[1]), [step_leaves[i] for i in pre], (), block_sharding)[0]
+      back, groups = sharding_lib.call_in_block_layout(
+          functools.partial(rotate_back_and_refresh, plan), (step_leaves, groups, count),
+          [step_leaves[i] for i in pre], groups, block_sharding)
       for i, x in zip(pre, back):
         step_leaves[i] = x
       step = jax.tree.unflatten(treedef, step_leaves)
@@ -208,36 +212,38 @@ def scale_by_soap(
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def _soap_core(plan, grad_leaves, mu_leaves, groups, count, *, b2, block_sharding, codec,
-               basis_codec, compute, schedule):
-  """Statistics, due basis refreshes, and G, m rotated into the eigenbases."""
+def _rotate_in(plan, grad_leaves, mu_leaves, groups, *, b2, block_sharding, codec,
+               basis_codec):
+  """Statistics accumulated; G and m rotated into the current eigenbases."""
   stats, bases, errors, failures = groups
   grad_stacks = blocking.to_stacks(plan, grad_leaves, jnp.float32)
   stats = tuple(jax.tree.map(block_sharding.place, s)
                 for s in statistics.accumulate(plan, stats, grad_stacks, b2, codec))
-  bases, errors, failures = statistics.refresh(
-      plan, stats, bases, errors, failures, count, compute=compute, schedule=schedule,
-      block_sharding=block_sharding, codec=codec, factor_codec=basis_codec)
   full = [basis_codec.decode(b, g.dim) for g, b in zip(plan.groups, bases)]
   mu_stacks = blocking.to_stacks(plan, mu_leaves, jnp.float32)
-  rotate = functools.partial(_rotate, plan, full, transpose=True)
-  rotated = [_preconditioned_only(plan, blocking.from_stacks(plan, rotate(x)))
+  rotated = [_preconditioned_only(plan, blocking.from_stacks(plan, _rotate(plan, full, x, True)))
              for x in (grad_stacks, mu_stacks)]
   return tuple(rotated), (stats, bases, errors, failures)
 
 
-def _rotate_back(plan, step_leaves, bases, *, codec):
-  full = [codec.decode(b, g.dim) for g, b in zip(plan.groups, bases)]
-  stacks = _rotate(plan, full, blocking.to_stacks(plan, step_leaves, jnp.float32),
-                   transpose=False)
-  return _preconditioned_only(plan, blocking.from_stacks(plan, stacks)), ()
+def _rotate_back_and_refresh(plan, step_leaves, groups, count, *, block_sharding, codec,
+                             basis_codec, compute, schedule):
+  """The step back in the original basis; then the due bases refreshed."""
+  stats, bases, errors, failures = groups
+  full = [basis_codec.decode(b, g.dim) for g, b in zip(plan.groups, bases)]
+  stacks = _rotate(plan, full, blocking.to_stacks(plan, step_leaves, jnp.float32), False)
+  bases, errors, failures = statistics.refresh(
+      plan, stats, bases, errors, failures, count, compute=compute, schedule=schedule,
+      block_sharding=block_sharding, codec=codec, factor_codec=basis_codec)
+  back = _preconditioned_only(plan, blocking.from_stacks(plan, stacks))
+  return back, (stats, bases, errors, failures)
 
 
 def _preconditioned_only(plan, leaves):
   return [x for x, leaf in zip(leaves, plan.leaves) if leaf.is_preconditioned]
 
 
-def _rotate(plan, bases, stacks, *, transpose):
+def _rotate(plan, bases, stacks, transpose):
   """Each block times Q (or Q^T) on each preconditioned axis."""
   out = []
   for stack, blocks in zip(plan.stacks, stacks):

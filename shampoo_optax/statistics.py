@@ -39,11 +39,10 @@ class Schedule:
   every: int  # precondition_every
   start: int  # start_preconditioning_step: factors are used from step start + 1
   stagger: bool
-  earliest: int = 1  # no refresh before this step
 
   def first_step(self) -> int:
     """Staggered refreshes start k steps early: all factors ready at start + 1."""
-    return max(self.earliest, self.start - self.every + 1)
+    return max(1, self.start - self.every + 1)
 
 
 def accumulate(plan: blocking.Plan, stats: tuple, grad_stacks: list[jax.Array],
@@ -102,8 +101,7 @@ def _refresh_group(stats, factors, errors, failures, count, row_offset, *, dim, 
     first = (count - t0 - row_offset) % k  # this device's first due row
     rows = first + k * jnp.arange(-(-n // k))  # past n: dropped
     return jax.lax.cond(count >= t0, update, _keep, stats, factors, errors, failures, rows)
-  start = max(schedule.start, schedule.earliest - 1)
-  due = (count > start) & ((count - start - 1) % schedule.every == 0)
+  due = (count > schedule.start) & ((count - schedule.start - 1) % schedule.every == 0)
   return jax.lax.cond(due, update, _keep, stats, factors, errors, failures, jnp.arange(n))
 
 

@@ -99,7 +99,7 @@ class ShampooState(NamedTuple):
 def scale_by_shampoo(
     block_size: int = 128,
     b1: jax.typing.ArrayLike = 0.9,
-    b2: jax.typing.ArrayLike = 0.999,
+    b2: jax.typing.ArrayLike = 0.95,
     eps: jax.typing.ArrayLike = 1e-8,
     matrix_eps: jax.typing.ArrayLike = 1e-6,
     precondition_every: int = 10,

@@ -1,0 +1,154 @@
+# Copyright 2026 The shampoo_optax Authors.
+# SPDX-License-Identifier: Apache-2.0
+"""Optimizers side by side on a small CNN (scikit-learn's digits, Flax NNX), in one run.
+
+The model and loop of examples/nnx_digits.py. Learning rates are swept on the
+first seed; the best is run on every seed. Printed as means over seeds and as
+ratios to AdamW measured in the same run: test loss and accuracy after the
+epoch budget, epochs and training seconds to reach AdamW's final test loss,
+median step time, compile time (first step), optimizer-state bytes.
+
+    python benchmarks/cnn.py            # the recorded figures (~15 min on 2 CPUs)
+    python benchmarks/cnn.py --tiny     # a smoke run (CI)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import sys
+import time
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # see examples/char_lm.py
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+from flax import nnx  # noqa: E402
+
+HERE = pathlib.Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "examples"))
+import lm  # noqa: E402
+import nnx_digits  # noqa: E402
+import peers  # noqa: E402
+
+import shampoo_optax  # noqa: E402
+
+
+def run(tx, data, *, epochs, batch_size, seed):
+  """Like nnx_digits.train, also timing every step and the first (compiling) one."""
+  x_train, y_train, x_test, y_test = data
+  model = nnx_digits.CNN(nnx.Rngs(seed))
+  optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+  state_bytes = sum(x.nbytes for x in jax.tree.leaves(nnx.state(optimizer, nnx.OptState)))
+  rng = np.random.default_rng(seed)
+  elapsed, steps, step_times, compile_s, evals = 0.0, 0, [], None, []
+  for _ in range(epochs):
+    order = rng.permutation(len(x_train))
+    for i in range(0, len(order) - batch_size + 1, batch_size):
+      idx = order[i:i + batch_size]
+      t = time.perf_counter()
+      float(nnx_digits.train_step(model, optimizer, x_train[idx], y_train[idx]))
+      dt = time.perf_counter() - t
+      if compile_s is None:
+        compile_s = dt
+      else:
+        step_times.append(dt)
+        elapsed += dt
+      steps += 1
+    loss, acc = nnx_digits.evaluate(model, x_test, y_test)
+    evals.append((steps, elapsed, float(loss), float(acc)))
+  return dict(evals=evals, step_s=float(np.median(step_times)), compile_s=compile_s,
+              state_bytes=state_bytes, worst=max(step_times) / float(np.median(step_times)))
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  p.add_argument("--epochs", type=int, default=10)
+  p.add_argument("--batch-size", type=int, default=64)
+  p.add_argument("--seeds", default="0,1,2")
+  p.add_argument("--lrs", default="1e-3,3e-3,1e-2")
+  p.add_argument("--optimizers", default="adamw,google_shampoo,shampoo,soap")
+  p.add_argument("--weight-decay", type=float, default=1e-4)
+  p.add_argument("--tiny", action="store_true")
+  p.add_argument("--json", type=pathlib.Path)
+  args = p.parse_args(argv)
+  if args.tiny:
+    args.epochs, args.seeds, args.lrs = 1, "0", "3e-3"
+  seeds = [int(s) for s in args.seeds.split(",")]
+  lrs = [float(v) for v in args.lrs.split(",")]
+  wd = args.weight_decay
+  makers = {
+      "adamw": lambda lr: peers.adamw(lr, weight_decay=wd),
+      "google_shampoo": lambda lr: peers.google_shampoo(lr, weight_decay=wd),
+      "shampoo": lambda lr: shampoo_optax.shampoo(lr, weight_decay=wd),
+      "soap": lambda lr: shampoo_optax.soap(lr, weight_decay=wd),
+  }
+  names = args.optimizers.split(",")
+  print(f"$ python {' '.join(sys.argv)}")
+  print(lm.machine())
+  results, failed = {}, {}
+  for name in names:
+    sweep = {}
+    for lr in lrs:
+      data = nnx_digits.load_digits(seeds[0])
+      try:
+        sweep[lr] = run(makers[name](lr), data, epochs=args.epochs,
+                        batch_size=args.batch_size, seed=seeds[0])
+      except Exception as e:  # noqa: BLE001  (a peer that cannot run here is a result)
+        failed[name] = f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"
+        print(f"  {name:>15s} fails under nnx.Optimizer: {failed[name]}", flush=True)
+        break
+      print(f"  {name:>15s} lr {lr:.0e} seed {seeds[0]}: test loss {sweep[lr]['evals'][-1][2]:.4f}",
+            flush=True)
+    if name in failed:
+      continue
+    best = min(sweep, key=lambda lr: sweep[lr]["evals"][-1][2])
+    results[name] = (best, [sweep[best]] + [
+        run(makers[name](best), nnx_digits.load_digits(s), epochs=args.epochs,
+            batch_size=args.batch_size, seed=s) for s in seeds[1:]])
+  _, base = results["adamw"]
+  base_loss = [r["evals"][-1][2] for r in base]
+  base_secs = np.mean([r["evals"][-1][1] for r in base])
+  base_step = np.median([r["step_s"] for r in base])
+  base_compile = np.median([r["compile_s"] for r in base])
+  print(f"\nCNN on digits, {args.epochs} epochs of batch {args.batch_size}, seeds {seeds}; "
+        f"lr swept over {lrs} on seed {seeds[0]}")
+  print(f"{'optimizer':>15s} {'lr':>7s} {'test loss':>16s} {'x AdamW':>7s} {'acc':>6s} "
+        f"{'epochs to AdamW':>15s} {'secs x':>6s} {'ms/step':>7s} {'step x':>6s} "
+        f"{'worst/med':>9s} {'compile x':>9s} {'state x':>7s}")
+  rows = []
+  for name, (lr, rs) in results.items():
+    losses = [r["evals"][-1][2] for r in rs]
+    reach = []
+    for r, target in zip(rs, base_loss):
+      hit = [(e, s) for e, (_, s, loss, _) in enumerate(r["evals"], 1) if loss <= target]
+      reach.append(hit[0] if hit else None)
+    ok = all(x is not None for x in reach)
+    row = dict(name=name, lr=lr, loss=float(np.mean(losses)), loss_std=float(np.std(losses)),
+               acc=float(np.mean([r["evals"][-1][3] for r in rs])),
+               epochs_to_adamw=float(np.mean([x[0] for x in reach])) if ok else None,
+               secs_x=float(np.mean([x[1] for x in reach]) / base_secs) if ok else None,
+               step_ms=1e3 * float(np.median([r["step_s"] for r in rs])),
+               worst=float(max(r["worst"] for r in rs)),
+               compile_x=float(np.median([r["compile_s"] for r in rs]) / base_compile),
+               state_x=rs[0]["state_bytes"] / base[0]["state_bytes"])
+    row["loss_x"] = row["loss"] / float(np.mean(base_loss))
+    row["step_x"] = row["step_ms"] / (1e3 * base_step)
+    rows.append(row)
+    fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
+    print(f"{name:>15s} {lr:7.0e} {row['loss']:9.4f}±{row['loss_std']:.4f} {row['loss_x']:7.3f} "
+          f"{row['acc']:6.3f} {fmt(row['epochs_to_adamw'], '15.1f')} "
+          f"{fmt(row['secs_x'], '6.2f')} {row['step_ms']:7.1f} {row['step_x']:6.2f} "
+          f"{row['worst']:9.2f} {row['compile_x']:9.2f} {row['state_x']:7.2f}")
+  for name, reason in failed.items():
+    print(f"{name:>15s} failed: {reason}")
+  if args.json:
+    args.json.write_text(json.dumps(dict(command=" ".join(sys.argv), machine=lm.machine(),
+                                         rows=rows, failed=failed), indent=1))
+
+
+if __name__ == "__main__":
+  main()
