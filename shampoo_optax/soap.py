@@ -65,7 +65,7 @@ class SoapState(NamedTuple):
 
 def scale_by_soap(
     block_size: int = 128,
-    b1: jax.typing.ArrayLike = 0.95,
+    b1: jax.typing.ArrayLike = 0.9,
     b2: jax.typing.ArrayLike = 0.95,
     eps: jax.typing.ArrayLike = 1e-8,
     precondition_every: int = 10,

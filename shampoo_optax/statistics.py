@@ -76,6 +76,8 @@ def refresh(plan: blocking.Plan, stats: tuple, factors: tuple, errors: tuple,
             block_sharding, codec: quantization.Codec,
             factor_codec: quantization.Codec) -> tuple[tuple, tuple, tuple]:
   """Recomputes the factors that are due at step ``count``, group by group."""
+  if block_sharding.size > 1:
+    compute = _one_matrix_at_a_time_on_cpu(compute)
   out = []
   for group, s, f, e, n in zip(plan.groups, stats, factors, errors, failures):
     refresh_group = functools.partial(
@@ -87,6 +89,30 @@ def refresh(plan: blocking.Plan, stats: tuple, factors: tuple, errors: tuple,
   place = lambda tree: jax.tree.map(block_sharding.place, tree)  # noqa: E731
   factors, errors, failures = (tuple(place(x) for x in xs) for xs in zip(*out))
   return factors, errors, failures
+
+
+def _one_matrix_at_a_time_on_cpu(compute: Compute) -> Compute:
+  """On CPU, under shard_map, one matrix per LAPACK call.
+
+  Each simulated CPU device runs its share on a thread of XLA's CPU pool, and a
+  batched eigh splits its batch over that same pool and waits for it: with
+  every device waiting, the pool deadlocks. Single matrices run inline.
+  """
+
+  def sequential(stats, old, exponent, count):
+    def one(args):
+      new, error, ok = compute(args[0][None], args[1][None], exponent, count)
+      return new[0], error[0], ok[0]
+
+    return jax.lax.map(one, (stats, old))
+
+  def wrapped(stats, old, exponent, count):
+    return jax.lax.platform_dependent(
+        stats, old, count,
+        cpu=lambda s, o, c: sequential(s, o, exponent, c),
+        default=lambda s, o, c: compute(s, o, exponent, c))
+
+  return wrapped
 
 
 def _refresh_group(stats, factors, errors, failures, count, row_offset, *, dim, exponent,

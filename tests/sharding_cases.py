@@ -148,6 +148,28 @@ def case_soap_equivalence():
   return results
 
 
+def case_many_roots_per_device():
+  """Several roots per device per step on 8 CPU devices: must not deadlock.
+
+  (A batched LAPACK eigh under shard_map used to wait for XLA's CPU pool that
+  every simulated device was already holding.)
+  """
+  mesh = jax.make_mesh((8,), ("data",))
+  params = {f"w{i}": jnp.full((32, 32), 0.1) for i in range(12)}
+  out = {}
+  for method in ("eigh", "newton"):
+    with jax.set_mesh(mesh):
+      tx = shampoo_optax.shampoo(1e-3, block_size=32, mesh=mesh, block_axis="data",
+                                 precondition_every=1, start_preconditioning_step=0,
+                                 root_method=method)
+      state, step = jax.jit(tx.init)(params), jax.jit(tx.update)
+      for t in range(2):
+        updates, state = step(jax.tree.map(lambda p, t=t: p * 0.01 + t, params), state, params)
+    out[method] = bool(all(np.isfinite(np.asarray(u)).all() for u in jax.tree.leaves(updates)))
+  assert all(out.values()), out
+  return out
+
+
 def case_memory():
   """Per-device bytes of statistics and roots for N = 1, 2, 4, 8."""
   params = {f"w{i}": jnp.ones((64, 48)) for i in range(5)}

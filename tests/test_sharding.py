@@ -46,6 +46,10 @@ def test_sharded_soap_equals_single_device():
   assert max(errors.values()) <= 1e-4, errors
 
 
+def test_many_roots_per_device_do_not_deadlock():
+  assert run_case("many_roots_per_device", timeout=300) == {"eigh": True, "newton": True}
+
+
 def test_memory_per_device_shrinks_with_devices():
   per_device = {int(n): b for n, b in run_case("memory").items()}
   for n in (2, 4, 8):
