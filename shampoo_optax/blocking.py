@@ -77,7 +77,9 @@ class Stack:
   block_shape: tuple[int, ...]
   preconditioned: tuple[bool, ...]
   exponent: int
-  members: tuple[tuple[int, int], ...]  # (leaf index, piece index), in order
+  # (class index, piece index), in order: a class's piece contributes its
+  # blocks for every leaf of the class, leaf after leaf.
+  members: tuple[tuple[int, int], ...]
   size: int  # total number of blocks
   # For each preconditioned axis: (axis, group index, offset in the group).
   # The statistic of a block of side d along the axis occupies [:d, :d] of
@@ -98,19 +100,29 @@ class Group:
 @dataclasses.dataclass(frozen=True)
 class Plan:
   leaves: tuple[LeafPlan, ...]
+  # Preconditioned leaves of identical shape, cut into blocks together: one
+  # reshape and transpose per class instead of one per leaf, so a deeper
+  # model (the same layer repeated) adds no per-leaf code.
+  classes: tuple[tuple[int, ...], ...]
   stacks: tuple[Stack, ...]
   groups: tuple[Group, ...]
+
+  def class_plan(self, c: int) -> LeafPlan:
+    return self.leaves[self.classes[c][0]]
+
+  def member_blocks(self, c: int, piece: int) -> int:
+    return len(self.classes[c]) * self.class_plan(c).pieces[piece].num_blocks
 
   def block_location(self, leaf: int) -> tuple[tuple[int, int, int], ...]:
     """(stack index, first block, number of blocks) for each piece of a leaf."""
     out = []
     for s, stack in enumerate(self.stacks):
       offset = 0
-      for leaf_index, piece_index in stack.members:
-        n = self.leaves[leaf_index].pieces[piece_index].num_blocks
-        if leaf_index == leaf:
-          out.append((s, offset, n))
-        offset += n
+      for c, j in stack.members:
+        if leaf in self.classes[c]:
+          n = self.class_plan(c).pieces[j].num_blocks
+          out.append((s, offset + self.classes[c].index(leaf) * n, n))
+        offset += self.member_blocks(c, j)
     return tuple(out)
 
 
@@ -149,7 +161,7 @@ def group_dim(dim: int, block_size: int) -> int:
 _MERGE_OVERHEAD = 0.1
 
 
-def _slot_sizes(leaves, members, block_size, pad_slots) -> dict[tuple[int, int], int]:
+def _slot_sizes(members, blocks_of, block_size, pad_slots) -> dict[tuple[int, int], int]:
   """Slot size for each (statistic dim, exponent); see the module docstring.
 
   Without ``pad_slots`` every statistic gets a slot of its own size (SOAP: an
@@ -157,7 +169,7 @@ def _slot_sizes(leaves, members, block_size, pad_slots) -> dict[tuple[int, int],
   """
   counts: dict[tuple[int, int], int] = {}  # (dim, exponent) -> number of statistics
   for (block_shape, pre, exponent), mem in members.items():
-    size = sum(leaves[i].pieces[j].num_blocks for i, j in mem)
+    size = sum(blocks_of(c, j) for c, j in mem)
     for dim, is_pre in zip(block_shape, pre):
       if is_pre:
         counts[(dim, exponent)] = counts.get((dim, exponent), 0) + size
@@ -242,19 +254,26 @@ def make_plan(
       )
       for s in shapes
   )
+  classes: dict[tuple[int, ...], list[int]] = {}
+  for i, leaf in enumerate(leaves):
+    if leaf.is_preconditioned:
+      classes.setdefault(leaf.shape, []).append(i)
+  class_list = tuple(tuple(c) for c in classes.values())
   # Stacks, in order of first appearance.
   members: dict[tuple, list[tuple[int, int]]] = {}
-  for i, leaf in enumerate(leaves):
+  for c, indices in enumerate(class_list):
+    leaf = leaves[indices[0]]
     for j, piece in enumerate(leaf.pieces):
       key = (piece.block_shape, leaf.preconditioned, leaf.exponent)
-      members.setdefault(key, []).append((i, j))
+      members.setdefault(key, []).append((c, j))
+  blocks_of = lambda c, j: len(class_list[c]) * leaves[class_list[c][0]].pieces[j].num_blocks  # noqa: E731
   # Statistic slots: (block dim, exponent) -> slot size, then groups in order
   # of appearance of their (slot size, exponent).
-  slot = _slot_sizes(leaves, members, block_size, pad_slots)
+  slot = _slot_sizes(members, blocks_of, block_size, pad_slots)
   group_sizes: dict[tuple[int, int], int] = {}
   stacks = []
   for (block_shape, pre, exponent), mem in members.items():
-    size = sum(leaves[i].pieces[j].num_blocks for i, j in mem)
+    size = sum(blocks_of(c, j) for c, j in mem)
     statistics = []
     for axis, (dim, is_pre) in enumerate(zip(block_shape, pre)):
       if not is_pre:
@@ -269,7 +288,7 @@ def make_plan(
       Group(dim, exponent, size, -(-size // shard_multiple) * shard_multiple)
       for (dim, exponent), size in group_sizes.items()
   )
-  return Plan(leaves, tuple(stacks), groups)
+  return Plan(leaves, class_list, tuple(stacks), groups)
 
 
 # ---------------------------------------------------------------------------
@@ -279,38 +298,39 @@ def make_plan(
 
 
 def _to_blocks(x: jax.Array, piece: Piece) -> jax.Array:
-  """Cuts a region of x into blocks: [num_blocks, *block_shape]."""
-  k = x.ndim
-  limit = [s + g * b for s, g, b in zip(piece.start, piece.grid, piece.block_shape)]
-  region = jax.lax.slice(x, piece.start, limit)
+  """Cuts a region of x [L, *merged] into blocks: [L * num_blocks, *block_shape]."""
+  k = x.ndim - 1
+  start = (0, *piece.start)
+  limit = [x.shape[0]] + [s + g * b for s, g, b in
+                          zip(piece.start, piece.grid, piece.block_shape)]
+  region = jax.lax.slice(x, start, limit)
   interleaved = [v for g, b in zip(piece.grid, piece.block_shape) for v in (g, b)]
-  region = region.reshape(interleaved)
-  perm = list(range(0, 2 * k, 2)) + list(range(1, 2 * k, 2))
-  return region.transpose(perm).reshape((piece.num_blocks, *piece.block_shape))
+  region = region.reshape((x.shape[0], *interleaved))
+  perm = [0] + list(range(1, 2 * k + 1, 2)) + list(range(2, 2 * k + 1, 2))
+  return region.transpose(perm).reshape((-1, *piece.block_shape))
 
 
-def _from_blocks(blocks: jax.Array, piece: Piece) -> jax.Array:
-  """Inverse of _to_blocks: [num_blocks, *block_shape] -> the region."""
+def _from_blocks(blocks: jax.Array, piece: Piece, count: int) -> jax.Array:
+  """Inverse of _to_blocks: [L * num_blocks, *block_shape] -> [L, region]."""
   k = len(piece.grid)
-  x = blocks.reshape((*piece.grid, *piece.block_shape))
-  perm = [v for i in range(k) for v in (i, k + i)]
+  x = blocks.reshape((count, *piece.grid, *piece.block_shape))
+  perm = [0] + [v for i in range(k) for v in (1 + i, 1 + k + i)]
   return x.transpose(perm).reshape(
-      [g * b for g, b in zip(piece.grid, piece.block_shape)]
+      [count] + [g * b for g, b in zip(piece.grid, piece.block_shape)]
   )
 
 
 def to_stacks(plan: Plan, leaves: list[jax.Array], dtype=None) -> list[jax.Array]:
   """Parameter-shaped arrays (tree order) -> one array per stack."""
-  reshaped = {}
-  for i, leaf in enumerate(plan.leaves):
-    if leaf.is_preconditioned:
-      x = leaves[i] if dtype is None else leaves[i].astype(dtype)
-      reshaped[i] = x.reshape(leaf.merged_shape)
+  classes = []
+  for indices in plan.classes:
+    merged = plan.leaves[indices[0]].merged_shape
+    parts = [leaves[i].reshape(merged) for i in indices]
+    x = parts[0][None] if len(parts) == 1 else jnp.stack(parts)
+    classes.append(x if dtype is None else x.astype(dtype))
   out = []
   for stack in plan.stacks:
-    parts = [
-        _to_blocks(reshaped[i], plan.leaves[i].pieces[j]) for i, j in stack.members
-    ]
+    parts = [_to_blocks(classes[c], plan.class_plan(c).pieces[j]) for c, j in stack.members]
     out.append(parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=0))
   return out
 
@@ -320,23 +340,23 @@ def from_stacks(plan: Plan, stacks: list[jax.Array]) -> list[jax.Array | None]:
   regions: dict[tuple[int, int], jax.Array] = {}
   for stack, array in zip(plan.stacks, stacks):
     offset = 0
-    for i, j in stack.members:
-      piece = plan.leaves[i].pieces[j]
-      blocks = array[offset : offset + piece.num_blocks]
-      regions[(i, j)] = _from_blocks(blocks, piece)
-      offset += piece.num_blocks
-  out = []
-  for i, leaf in enumerate(plan.leaves):
-    if not leaf.is_preconditioned:
-      out.append(None)
-      continue
-    parts = [regions[(i, j)] for j in range(len(leaf.pieces))]
-    out.append(_assemble(parts, leaf.segments).reshape(leaf.shape))
+    for c, j in stack.members:
+      n = plan.member_blocks(c, j)
+      regions[(c, j)] = _from_blocks(array[offset : offset + n], plan.class_plan(c).pieces[j],
+                                     len(plan.classes[c]))
+      offset += n
+  out: list[jax.Array | None] = [None] * len(plan.leaves)
+  for c, indices in enumerate(plan.classes):
+    leaf = plan.class_plan(c)
+    parts = [regions[(c, j)] for j in range(len(leaf.pieces))]
+    whole = _assemble(parts, leaf.segments)  # [L, *merged]
+    for k, i in enumerate(indices):
+      out[i] = whole[k].reshape(leaf.shape)
   return out
 
 
 def _assemble(parts: list[jax.Array], segments: tuple[int, ...]) -> jax.Array:
-  """Joins row-major tiles (segments[a] tiles along axis a) into one array."""
+  """Joins row-major tiles [L, ...] (segments[a] tiles along axis a + 1)."""
   if len(parts) == 1:
     return parts[0]
 
@@ -346,7 +366,7 @@ def _assemble(parts: list[jax.Array], segments: tuple[int, ...]) -> jax.Array:
     stride = len(parts) // segments[axis]
     children = [nest(parts[s * stride : (s + 1) * stride], axis + 1)
                 for s in range(segments[axis])]
-    return children[0] if len(children) == 1 else jnp.concatenate(children, axis=axis)
+    return children[0] if len(children) == 1 else jnp.concatenate(children, axis=axis + 1)
 
   return nest(parts, 0)
 

@@ -89,7 +89,7 @@ def test_compact_storage_runs(rng, dtype):
                        params, grads_seq)
   for k in SHAPES:
     rel = np.linalg.norm(ups[-1][k] - ref[-1][k]) / np.linalg.norm(ref[-1][k])
-    assert rel < (0.1 if dtype == "bfloat16" else 0.25), (k, rel)
+    assert rel < (0.15 if dtype == "bfloat16" else 0.25), (k, rel)
 
 
 def test_soap_trains_a_quadratic():
