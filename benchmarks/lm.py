@@ -11,7 +11,7 @@ to AdamW measured in the same run: validation loss at the budget, steps and
 training seconds to reach AdamW's final validation loss, median step time,
 worst step / median step, compile time and optimizer-state bytes.
 
-    python benchmarks/lm.py                       # the recorded figures (~40 min, 2 CPUs)
+    python benchmarks/lm.py                       # the recorded figures (~45 min, 2 CPUs)
     python benchmarks/lm.py --tiny                # a smoke run (CI)
     python benchmarks/lm.py --optimizers adamw,shampoo --seeds 0
 """
@@ -30,6 +30,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # see examples/char_lm.py
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
+import optax  # noqa: E402
 
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -50,11 +51,16 @@ def make_optimizers(weight_decay: float, block_size: int, precondition_every: in
                                 preconditioning_compute_steps=precondition_every,
                                 weight_decay=weight_decay)
 
+  def soap(lr):
+    return shampoo_optax.soap(lr, block_size=block_size, precondition_every=precondition_every,
+                              weight_decay=weight_decay)
+
   return {
-      "adamw": lambda lr: peers.adamw(lr, weight_decay=weight_decay),
+      "adamw": lambda lr, b2=0.999: optax.adamw(lr, b2=b2, weight_decay=weight_decay),
       "muon": lambda lr: peers.muon(lr, weight_decay=weight_decay),
       "google_shampoo": google,
       "shampoo": ours,
+      "soap": soap,
   }
 
 
@@ -118,8 +124,11 @@ def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   p.add_argument("--steps", type=int, default=300)
   p.add_argument("--seeds", default="0,1,2")
-  p.add_argument("--lrs", default="1e-3,2e-3,4e-3", help="learning rates swept on the 1st seed")
-  p.add_argument("--optimizers", default="adamw,muon,google_shampoo,shampoo")
+  p.add_argument("--lrs", default="1e-3,2e-3,3e-3,4e-3",
+                 help="learning rates swept on the 1st seed")
+  p.add_argument("--adamw-b2s", default="0.95,0.999",
+                 help="AdamW's b2 values, swept with the learning rates (tuned AdamW)")
+  p.add_argument("--optimizers", default="adamw,muon,google_shampoo,shampoo,soap")
   p.add_argument("--layers", type=int, default=4)
   p.add_argument("--batch-size", type=int, default=32)
   p.add_argument("--seq-len", type=int, default=64)
@@ -132,6 +141,7 @@ def main(argv=None):
   args = p.parse_args(argv)
   if args.tiny:
     args.steps, args.seeds, args.lrs, args.layers, args.eval_every = 12, "0", "2e-3", 1, 4
+    args.adamw_b2s = "0.95"
     args.batch_size, args.block_size, args.precondition_every = 8, 32, 4
   seeds = [int(s) for s in args.seeds.split(",")]
   lrs = [float(v) for v in args.lrs.split(",")]
@@ -145,25 +155,32 @@ def main(argv=None):
   common = dict(num_layers=args.layers, seq_len=args.seq_len, batch_size=args.batch_size,
                 steps=args.steps, eval_every=args.eval_every, progress=False)
 
-  def run(name, lr, seed):
+  def run(name, config, seed):
     t = time.perf_counter()
-    h = lm_common.train_lm(optimizers[name](lr), corpus, name=name, seed=seed, **common)
-    h.lr = lr
-    print(f"  {name:>15s} lr {lr:.0e} seed {seed}: valid {h.final_valid:.4f}, "
+    h = lm_common.train_lm(optimizers[name](**config), corpus, name=name, seed=seed, **common)
+    h.lr, h.config = config["lr"], config
+    print(f"  {name:>15s} {config} seed {seed}: valid {h.final_valid:.4f}, "
           f"{1e3 * h.median_step:.1f} ms/step ({time.perf_counter() - t:.0f} s)", flush=True)
     return h
 
   runs, sweeps = {}, {}
   for name in names:
-    sweep = [run(name, lr, seeds[0]) for lr in lrs]
+    grid = [dict(lr=lr) for lr in lrs]
+    if name == "adamw":
+      grid = [dict(lr=lr, b2=float(b2)) for b2 in args.adamw_b2s.split(",") for lr in lrs]
+    sweep = [run(name, config, seeds[0]) for config in grid]
     best = min(sweep, key=lambda h: h.final_valid)
-    sweeps[name] = {h.lr: h.final_valid for h in sweep}
-    runs[name] = [best] + [run(name, best.lr, s) for s in seeds[1:]]
+    sweeps[name] = [(h.config, h.final_valid) for h in sweep]
+    runs[name] = [best] + [run(name, best.config, s) for s in seeds[1:]]
   rows = summarize(runs)
   print()
   print(f"{args.layers}-layer char Transformer, batch {args.batch_size}x{args.seq_len}, "
-        f"{args.steps} steps, seeds {seeds}; lr swept over {lrs} on seed {seeds[0]}")
+        f"{args.steps} steps, seeds {seeds}; lr swept over {lrs} on seed {seeds[0]} "
+        f"(AdamW also over b2 in {args.adamw_b2s}; best: {runs['adamw'][0].config})")
   print(table(rows))
+  print("\nsweeps on the first seed (config: final valid loss):")
+  for name, sweep in sweeps.items():
+    print(f"  {name}: " + ", ".join(f"{c}: {v:.4f}" for c, v in sweep))
   if args.json:
     args.json.write_text(json.dumps(dict(command=" ".join(sys.argv), machine=machine(),
                                          rows=rows, sweeps=sweeps), indent=1))

@@ -116,6 +116,7 @@ class History:
   compile_seconds: float = 0.0
   state_bytes: int = 0
   lr: float | None = None
+  config: dict | None = None
 
   @property
   def final_valid(self) -> float:
