@@ -1,0 +1,51 @@
+# Copyright 2026 The shampoo_optax Authors.
+# SPDX-License-Identifier: Apache-2.0
+"""The examples and benchmarks run (at tiny settings), so they cannot rot."""
+
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def run_script(*args, timeout=600):
+  env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
+  out = subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, capture_output=True,
+                       text=True, timeout=timeout, env=env)
+  assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
+  return out.stdout
+
+
+def test_main_example(tmp_path):
+  out = run_script("examples/char_lm.py", "--steps", "6", "--eval-every", "3", "--layers", "1",
+                   "--batch-size", "8", "--no-progress", "--out", tmp_path)
+  assert "Shampoo" in out and "AdamW" in out and "steps to AdamW" in out
+  assert sorted(p.name for p in tmp_path.glob("*.png")) == [
+      "char_lm_loss_vs_seconds.png", "char_lm_loss_vs_step.png"]
+
+
+def test_nnx_example():
+  out = run_script("examples/nnx_digits.py", "--epochs", "1")
+  assert "Shampoo" in out and "test acc" in out
+
+
+BENCHMARKS = ["lm.py", "cnn.py", "roots.py", "growth.py", "sharding_memory.py"]
+
+
+@pytest.mark.parametrize("script", BENCHMARKS)
+def test_benchmark_tiny(script):
+  path = ROOT / "benchmarks" / script
+  if not path.exists():
+    pytest.fail(f"benchmarks/{script} is missing")
+  out = run_script(path, "--tiny")
+  assert "jax" in out  # every benchmark prints the machine and versions first
+
+
+@pytest.mark.parametrize("script", ["examples/char_lm.py", "examples/nnx_digits.py",
+                                    "benchmarks/lm.py", "benchmarks/cnn.py"])
+def test_help(script):
+  assert "usage" in run_script(script, "--help").lower()
