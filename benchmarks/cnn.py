@@ -25,6 +25,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # see examples/char_lm.py
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
+import optax  # noqa: E402
 from flax import nnx  # noqa: E402
 
 HERE = pathlib.Path(__file__).resolve().parent
@@ -70,7 +71,7 @@ def main(argv=None):
   p.add_argument("--batch-size", type=int, default=64)
   p.add_argument("--seeds", default="0,1,2")
   p.add_argument("--lrs", default="1e-3,3e-3,1e-2")
-  p.add_argument("--optimizers", default="adamw,google_shampoo,shampoo,soap")
+  p.add_argument("--optimizers", default="adamw,muon,google_shampoo,shampoo,soap")
   p.add_argument("--weight-decay", type=float, default=1e-4)
   p.add_argument("--tiny", action="store_true")
   p.add_argument("--json", type=pathlib.Path)
@@ -82,6 +83,10 @@ def main(argv=None):
   wd = args.weight_decay
   makers = {
       "adamw": lambda lr: peers.adamw(lr, weight_decay=wd),
+      # Muon on the 2-D (dense) kernels, its Adam fallback on convolutions and
+      # biases (optax's default split); consistent_rms as in peers.muon.
+      "muon": lambda lr: optax.contrib.muon(lr, weight_decay=wd, adam_weight_decay=wd,
+                                            consistent_rms=0.2),
       "google_shampoo": lambda lr: peers.google_shampoo(lr, weight_decay=wd),
       "shampoo": lambda lr: shampoo_optax.shampoo(lr, weight_decay=wd),
       "soap": lambda lr: shampoo_optax.soap(lr, weight_decay=wd),

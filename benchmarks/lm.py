@@ -14,6 +14,8 @@ worst step / median step, compile time and optimizer-state bytes.
     python benchmarks/lm.py                       # the recorded figures (~45 min, 2 CPUs)
     python benchmarks/lm.py --tiny                # a smoke run (CI)
     python benchmarks/lm.py --optimizers adamw,shampoo --seeds 0
+    python benchmarks/lm.py --optimizers adamw,shampoo,shampoo_bf16,shampoo_int8,shampoo_pinv \
+        --lrs 3e-3 --adamw-b2s 0.95            # compact statistics, pseudo-inverse
 """
 
 from __future__ import annotations
@@ -51,6 +53,11 @@ def make_optimizers(weight_decay: float, block_size: int, precondition_every: in
                                 preconditioning_compute_steps=precondition_every,
                                 weight_decay=weight_decay)
 
+  def variant(**kwargs):
+    return lambda lr: shampoo_optax.shampoo(
+        lr, block_size=block_size, precondition_every=precondition_every,
+        weight_decay=weight_decay, **kwargs)
+
   def soap(lr):
     return shampoo_optax.soap(lr, block_size=block_size, precondition_every=precondition_every,
                               weight_decay=weight_decay)
@@ -61,6 +68,10 @@ def make_optimizers(weight_decay: float, block_size: int, precondition_every: in
       "google_shampoo": google,
       "shampoo": ours,
       "soap": soap,
+      # Variants of ours, for issue-7 figures: compact statistics, pseudo-inverse.
+      "shampoo_bf16": variant(statistics_dtype="bfloat16"),
+      "shampoo_int8": variant(statistics_dtype="int8"),
+      "shampoo_pinv": variant(pseudo_inverse_rtol=1e-6),
   }
 
 

@@ -4,7 +4,7 @@
 
 Trains the same 4-layer Transformer (Flax linen, ``TrainState``) twice on the
 source code of Python's standard library (it ships with Python: nothing to
-download), once with ``optax.adamw`` at its tuned learning rate and once with
+download), once with ``optax.adamw`` at its tuned learning rate and b2 and once with
 ``shampoo_optax.shampoo`` at the same learning rate, same data order and seed.
 Prints a table (final losses, steps and seconds to reach AdamW's final loss,
 step time) and writes two plots: validation loss against steps and against
@@ -32,8 +32,9 @@ import lm_common  # noqa: E402
 
 import shampoo_optax  # noqa: E402
 
-# AdamW's best learning rate for this model in a sweep (benchmarks/lm.py).
+# AdamW's best setting for this model in a sweep over lr x b2 (benchmarks/lm.py).
 ADAMW_LR = 2e-3
+ADAMW_B2 = 0.95
 
 
 def parse_args(argv=None):
@@ -49,6 +50,8 @@ def parse_args(argv=None):
   p.add_argument("--eval-every", type=int, default=25)
   p.add_argument("--out", type=pathlib.Path, default=pathlib.Path("out"),
                  help="directory for the PNG plots")
+  p.add_argument("--diagnostics-every", type=int, default=100,
+                 help="log Shampoo's root errors and condition estimates every N steps (0: off)")
   p.add_argument("--no-progress", action="store_true", help="no progress bars")
   return p.parse_args(argv)
 
@@ -108,13 +111,21 @@ def main(argv=None):
                 steps=args.steps, seed=args.seed, eval_every=args.eval_every,
                 progress=not args.no_progress)
   histories = [
-      lm_common.train_lm(optax.adamw(args.lr, weight_decay=args.weight_decay), corpus,
+      lm_common.train_lm(optax.adamw(args.lr, b2=ADAMW_B2, weight_decay=args.weight_decay),
+                         corpus,
                          name="AdamW", **common),
       lm_common.train_lm(shampoo_optax.shampoo(args.lr, weight_decay=args.weight_decay), corpus,
-                         name="Shampoo", **common),
+                         name="Shampoo", diagnostics_every=args.diagnostics_every, **common),
   ]
   print()
   print(compare(histories))
+  final = histories[1].final_state
+  report = shampoo_optax.diagnostics(final.opt_state, final.params)
+  print(f"\nShampoo's preconditioners at the end ({len(report)} preconditioned parameters; "
+        "the three with the largest root error):")
+  for path, d in sorted(report.items(), key=lambda kv: -float(kv[1]["root_error"]))[:3]:
+    print(f"  {path}: root error {float(d['root_error']):.1e}, "
+          f"{int(d['root_failures'])} rejected, condition {float(d['condition']):.1e}")
   for path in plot(histories, args.out):
     print(f"wrote {path}")
 

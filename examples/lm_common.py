@@ -117,6 +117,7 @@ class History:
   state_bytes: int = 0
   lr: float | None = None
   config: dict | None = None
+  final_state: object = None  # the TrainState after the last step
 
   @property
   def final_valid(self) -> float:
@@ -136,8 +137,14 @@ class History:
 
 def train_lm(tx, corpus: Corpus, *, name: str, num_layers: int = 4, d_model: int = 128,
              seq_len: int = 64, batch_size: int = 32, steps: int = 300, seed: int = 0,
-             eval_every: int = 25, valid_batches: int = 8, progress: bool = True) -> History:
-  """Trains CharTransformer with optimizer ``tx`` (a flax TrainState loop)."""
+             eval_every: int = 25, valid_batches: int = 8, progress: bool = True,
+             diagnostics_every: int = 0) -> History:
+  """Trains CharTransformer with optimizer ``tx`` (a flax TrainState loop).
+
+  With ``diagnostics_every``, a Shampoo optimizer's health is logged every that
+  many steps: the worst root error, the rejected roots and the worst
+  condition estimate over all parameters (``shampoo_optax.diagnostics``).
+  """
   from flax.training import train_state  # noqa: PLC0415
 
   model = CharTransformer(len(corpus.vocab), d_model=d_model, num_layers=num_layers,
@@ -182,11 +189,37 @@ def train_lm(tx, corpus: Corpus, *, name: str, num_layers: int = 4, d_model: int
       history.valid_loss.append(v)
       if bar is not None:
         bar.set_postfix(train=f"{loss:.3f}", valid=f"{v:.3f}")
+    if diagnostics_every and step % diagnostics_every == 0:
+      _log(bar, f"{name} step {step}: {diagnostics_summary(state.opt_state, state.params)}")
     if bar is not None:
       bar.update(1)
   if bar is not None:
     bar.close()
+  history.final_state = state
   return history
+
+
+def diagnostics_summary(opt_state, params) -> str:
+  """One line: worst root error, rejected roots, worst condition estimate."""
+  import shampoo_optax  # noqa: PLC0415
+
+  report = shampoo_optax.diagnostics(opt_state, params)
+  if not report:
+    return "no preconditioned parameters"
+  worst = lambda key: max(report.items(), key=lambda kv: float(kv[1][key]))  # noqa: E731
+  err_name, err = worst("root_error")
+  cond_name, cond = worst("condition")
+  failures = sum(int(v["root_failures"]) for v in report.values())
+  return (f"worst root error {float(err['root_error']):.1e} ({err_name}), "
+          f"{failures} rejected roots, worst condition {float(cond['condition']):.1e} "
+          f"({cond_name})")
+
+
+def _log(bar, message: str):
+  if bar is None:
+    print(message)
+  else:
+    bar.write(message)
 
 
 def _progress(total: int, desc: str):

@@ -18,7 +18,6 @@ import time
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # see examples/char_lm.py
 
-import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
