@@ -73,8 +73,9 @@ def shampoo(
     stagger_root_refresh: spread root refreshes evenly over steps.
     max_root_error: roots with a larger error estimate are rejected.
     mu_dtype: dtype of the first moment.
-    statistics_dtype: storage of statistics and roots: ``'float32'``,
-      ``'bfloat16'`` or ``'int8'``.
+    statistics_dtype: storage of the roots: ``'float32'``, ``'bfloat16'`` or
+      ``'int8'``; compact choices store the statistics in 16 bits (see
+      :func:`shampoo_optax.scale_by_shampoo`).
     pseudo_inverse_rtol: use pseudo-inverse roots, dropping eigenvalues below
       this fraction of the largest.
     mesh: a mesh to spread the statistics and roots over.
@@ -171,7 +172,8 @@ def soap(
     basis_method: ``'auto'``, ``'eigh'`` or ``'qr'``.
     stagger_basis_refresh: spread basis refreshes evenly over steps.
     mu_dtype: dtype of the first moment.
-    statistics_dtype: storage of statistics and bases.
+    statistics_dtype: storage of the bases (``'float32'``, ``'bfloat16'``,
+      ``'int8'``); compact choices store the statistics in 16 bits.
     mesh: a mesh to spread the statistics and bases over.
     block_axis: the mesh axis (or axes) to split them over.
     weight_decay: decoupled weight decay (times the learning rate).

@@ -74,7 +74,7 @@ def diagnostics(
       exponent_override, pad_slots=not soap,
   ).plan([leaf for _, leaf in leaves])
   _check_layout(plan, stats)
-  codec = quantization.Codec(_dtype_of(stats[0]) if stats else "float32")
+  codec = quantization.Codec(quantization.stored_dtype(stats[0]) if stats else "float32")
   condition = []
   for group, s in zip(plan.groups, stats):
     lo, hi = matrix_functions.extreme_eigenvalues(codec.decode(s, group.dim))
@@ -102,12 +102,6 @@ def _find_state(opt_state):
 
 def _is_state(x) -> bool:
   return isinstance(x, (ShampooState, SoapState))
-
-
-def _dtype_of(stored) -> str:
-  if isinstance(stored, quantization.Int8Matrices):
-    return "int8"
-  return jnp.dtype(stored.dtype).name
 
 
 def _check_layout(plan, stats):

@@ -48,7 +48,8 @@ class SoapState(NamedTuple):
     nu: second moment, the parameters' tree and shapes, each preconditioned
       block's entries in that block's eigenbasis coordinates.
     stats: per group, the statistics, stored as in :class:`ShampooState`.
-    bases: per group, the eigenbases ``[n_g, d_g * d_g]`` (or int8-quantized).
+    bases: per group, the eigenbases ``[n_g, d_g * d_g]``, float32 or
+      bfloat16 (or ``quantization.ScaledIntMatrices`` with int8 values).
     basis_errors: per group, float32 ``[n_g]``: ``||Q^T Q - I||`` of the last
       basis computed.
     basis_failures: per group, int32 ``[n_g]``: bases rejected (not finite).
@@ -106,8 +107,9 @@ def scale_by_soap(
     stagger_basis_refresh: refresh ``1/precondition_every`` of the bases on
       every step.
     mu_dtype: dtype of the first moment.
-    statistics_dtype: storage of statistics and bases (``'float32'``,
-      ``'bfloat16'``, ``'int8'``).
+    statistics_dtype: storage of the bases (``'float32'``, ``'bfloat16'``,
+      ``'int8'``); compact choices store the statistics as 16-bit integers
+      (see ``shampoo_optax.quantization``).
     mesh: a mesh to spread the statistics and bases over.
     block_axis: the mesh axis (or axes) to split them over.
 
@@ -131,13 +133,12 @@ def scale_by_soap(
   validation.validate_number("b1", b1, 0.0, 1.0, upper_open=True)
   validation.validate_number("b2", b2, 0.0, 1.0, upper_open=True)
   validation.validate_number("eps", eps, 0.0, None)
-  codec = quantization.Codec(quantization.canonical_dtype(statistics_dtype))
-  basis_codec = quantization.Codec(codec.dtype, symmetric=False)
+  codec, basis_codec = quantization.codecs(statistics_dtype, factor_symmetric=False)
   block_sharding = sharding_lib.BlockSharding.create(mesh, block_axis)
   layout = blocking.Layout(block_size, max_merged_dim or block_size,
                            skip_preconditioning_dim_size_gt, shard_multiple=block_sharding.size,
                            pad_slots=False)
-  moments = grafting.MomentDtypes.create(mu_dtype, codec.dtype, "adam")
+  moments = grafting.MomentDtypes.create(mu_dtype, quantization.canonical_dtype(statistics_dtype), "adam")
   # A basis refreshed at step t is used from step t + 1 (see update_fn).
   schedule = statistics.Schedule(precondition_every, start_preconditioning_step,
                                  stagger_basis_refresh)
@@ -181,7 +182,7 @@ def scale_by_soap(
     if plan.stacks:
       pre = [i for i, leaf in enumerate(plan.leaves) if leaf.is_preconditioned]
       (rot_g, rot_m), groups = sharding_lib.call_in_block_layout(
-          functools.partial(rotate_in, plan), (grad_leaves, mu_leaves, groups),
+          functools.partial(rotate_in, plan), (grad_leaves, mu_leaves, groups, count),
           ([grad_leaves[i] for i in pre], [grad_leaves[i] for i in pre]),
           groups, block_sharding)
       rotated_grads, rotated_mu = list(grad_leaves), list(mu_leaves)
@@ -212,13 +213,13 @@ def scale_by_soap(
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def _rotate_in(plan, grad_leaves, mu_leaves, groups, *, b2, block_sharding, codec,
+def _rotate_in(plan, grad_leaves, mu_leaves, groups, count, *, b2, block_sharding, codec,
                basis_codec):
   """Statistics accumulated; G and m rotated into the current eigenbases."""
   stats, bases, errors, failures = groups
   grad_stacks = blocking.to_stacks(plan, grad_leaves, jnp.float32)
   stats = tuple(jax.tree.map(block_sharding.place, s)
-                for s in statistics.accumulate(plan, stats, grad_stacks, b2, codec))
+                for s in statistics.accumulate(plan, stats, grad_stacks, b2, codec, count))
   full = [basis_codec.decode(b, g.dim) for g, b in zip(plan.groups, bases)]
   mu_stacks = blocking.to_stacks(plan, mu_leaves, jnp.float32)
   rotated = [_preconditioned_only(plan, blocking.from_stacks(plan, _rotate(plan, full, x, True)))

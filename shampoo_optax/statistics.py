@@ -46,8 +46,13 @@ class Schedule:
 
 
 def accumulate(plan: blocking.Plan, stats: tuple, grad_stacks: list[jax.Array],
-               b2: jax.typing.ArrayLike, codec: quantization.Codec) -> tuple:
-  """stats <- b2 stats + (1 - b2) G G^T for every group, in stored form."""
+               b2: jax.typing.ArrayLike, codec: quantization.Codec,
+               count: jax.Array | None = None) -> tuple:
+  """stats <- b2 stats + (1 - b2) G G^T for every group, in stored form.
+
+  Compact storage rounds stochastically, with a key derived from ``count``
+  (the same on every run).
+  """
   parts: list[list[jax.Array]] = [[] for _ in plan.groups]
   for stack, grads in zip(plan.stacks, grad_stacks):
     rank = len(stack.block_shape)
@@ -67,7 +72,10 @@ def accumulate(plan: blocking.Plan, stats: tuple, grad_stacks: list[jax.Array],
     rows = quantization.num_matrices(old)
     if rows > new.shape[0]:
       new = jnp.pad(new, ((0, rows - new.shape[0]), (0, 0), (0, 0)))
-    out.append(codec.encode(b2 * codec.decode(old, group.dim) + weight * new))
+    key = None
+    if count is not None and codec.dtype != "float32":
+      key = jax.random.fold_in(jax.random.fold_in(jax.random.key(0), count), len(out))
+    out.append(codec.encode(b2 * codec.decode(old, group.dim) + weight * new, key))
   return tuple(out)
 
 
@@ -139,7 +147,13 @@ def _keep(stats, factors, errors, failures, rows):
 def _update_rows(stats, factors, errors, failures, rows, *, dim, exponent, count, compute,
                  codec, factor_codec):
   """New factors where they are good; the old ones (and a failure) elsewhere."""
-  s = codec.decode(quantization.take_rows(stats, rows), dim)
+  stored = quantization.take_rows(stats, rows)
+  s = codec.decode(stored, dim)
+  if codec.dtype != "float32":
+    # Compact statistics carry rounding noise that can make them indefinite;
+    # a ridge of its size keeps them PSD (see Codec.rounding_noise).
+    noise = codec.rounding_noise(stored, s)
+    s = s + noise[:, None, None] * jnp.eye(dim, dtype=s.dtype)[None]
   old = factor_codec.decode(quantization.take_rows(factors, rows), dim)
   new, error, ok = compute(s, old, exponent, count)
   # A statistic that is still zero (no gradient reached it) keeps its factor

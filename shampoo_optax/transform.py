@@ -78,9 +78,11 @@ class ShampooState(NamedTuple):
       (bfloat16 with a compact ``statistics_dtype``); ``()`` for grafts
       without one (``'sgd'``, ``'none'``).
     stats: per group, the statistics of ``n_g`` blocks in stored form: float32
-      or bfloat16 ``[n_g, d_g (d_g + 1) / 2]`` (upper triangles), or
-      ``quantization.Int8Matrices``.
-    roots: per group, the inverse roots in use, stored like ``stats``.
+      ``[n_g, d_g (d_g + 1) / 2]`` (upper triangles), or, with a compact
+      ``statistics_dtype``, ``quantization.ScaledIntMatrices`` with int16
+      values.
+    roots: per group, the inverse roots in use: float32 or bfloat16
+      ``[n_g, d_g (d_g + 1) / 2]``, or ``ScaledIntMatrices`` with int8 values.
     root_errors: per group, float32 ``[n_g]``: error estimate of the last root
       computed for each statistic (0 until one is computed).
     root_failures: per group, int32 ``[n_g]``: how many computed roots were
@@ -177,11 +179,13 @@ def scale_by_shampoo(
       rejected and the previous root kept.
     mu_dtype: dtype of the first moment; ``None`` keeps the parameters'
       (bfloat16 with ``statistics_dtype='int8'``).
-    statistics_dtype: storage of the statistics and inverse roots:
-      ``'float32'``, ``'bfloat16'``, or ``'int8'`` (per-row scales, exact
-      diagonal); symmetric matrices are stored as their upper triangle. With a
-      compact choice the grafting second moment is stored in bfloat16 too.
-      Computation is float32 either way. See ``shampoo_optax.quantization``.
+    statistics_dtype: storage of the inverse roots, ``'float32'``,
+      ``'bfloat16'``, or ``'int8'`` (per-row scales, exact diagonal); with
+      either compact choice the statistics take 16-bit integers (per-row
+      scales, exact diagonal: fewer bits lose their small eigenvalues) and the
+      grafting second moment bfloat16. Symmetric matrices are stored as their
+      upper triangle. Computation is float32 either way. See
+      ``shampoo_optax.quantization``.
     pseudo_inverse_rtol: if set, inverse roots are pseudo-inverse roots:
       eigenvalues below this fraction of the largest are dropped rather than
       lifted by ``matrix_eps`` (uses eigh).
@@ -225,17 +229,18 @@ def scale_by_shampoo(
   if pseudo_inverse_rtol is not None:
     validation.validate_number("pseudo_inverse_rtol", pseudo_inverse_rtol, 0.0, 1.0,
                                lower_open=True, upper_open=True)
-  codec = quantization.Codec(quantization.canonical_dtype(statistics_dtype))
+  codec, root_codec = quantization.codecs(statistics_dtype)
   block_sharding = sharding_lib.BlockSharding.create(mesh, block_axis)
   layout = blocking.Layout(block_size, max_merged_dim or block_size,
                            skip_preconditioning_dim_size_gt, exponent_override,
                            block_sharding.size)
-  moments = grafting.MomentDtypes.create(mu_dtype, codec.dtype, graft)
+  moments = grafting.MomentDtypes.create(mu_dtype, quantization.canonical_dtype(statistics_dtype), graft)
   compute = functools.partial(
       _inverse_roots, method=root_method, matrix_eps=matrix_eps,
       max_root_error=max_root_error, pseudo_inverse_rtol=pseudo_inverse_rtol)
   core = functools.partial(
       _shampoo_core, b2=b2, graft=graft, block_sharding=block_sharding, codec=codec,
+      root_codec=root_codec,
       compute=compute,
       schedule=statistics.Schedule(precondition_every, start_preconditioning_step,
                                    stagger_root_refresh),
@@ -251,7 +256,7 @@ def scale_by_shampoo(
         mu=mu,
         nu=nu,
         stats=tuple(place(codec.empty(g.padded_size, g.dim)) for g in plan.groups),
-        roots=tuple(place(codec.empty(g.padded_size, g.dim, identity=True))
+        roots=tuple(place(root_codec.empty(g.padded_size, g.dim, identity=True))
                     for g in plan.groups),
         root_errors=tuple(place(jnp.zeros((g.padded_size,), jnp.float32))
                           for g in plan.groups),
@@ -306,7 +311,7 @@ def _debiased_first_moment(mu, grads, b1, count, nesterov):
 
 
 def _shampoo_core(plan, grad_leaves, mu_hat_leaves, step_leaves, groups, count, *,
-                  b2, graft, block_sharding, codec, compute, schedule):
+                  b2, graft, block_sharding, codec, root_codec, compute, schedule):
   """Statistics, due root refreshes and preconditioned steps, in block layout.
 
   Returns the preconditioned step of each preconditioned leaf (in tree order)
@@ -315,11 +320,11 @@ def _shampoo_core(plan, grad_leaves, mu_hat_leaves, step_leaves, groups, count, 
   stats, roots, errors, failures = groups
   grad_stacks = blocking.to_stacks(plan, grad_leaves, jnp.float32)
   stats = tuple(jax.tree.map(block_sharding.place, s)
-                for s in statistics.accumulate(plan, stats, grad_stacks, b2, codec))
+                for s in statistics.accumulate(plan, stats, grad_stacks, b2, codec, count))
   roots, errors, failures = statistics.refresh(
       plan, stats, roots, errors, failures, count, compute=compute, schedule=schedule,
-      block_sharding=block_sharding, codec=codec, factor_codec=codec)
-  full_roots = [codec.decode(r, g.dim) for g, r in zip(plan.groups, roots)]
+      block_sharding=block_sharding, codec=codec, factor_codec=root_codec)
+  full_roots = [root_codec.decode(r, g.dim) for g, r in zip(plan.groups, roots)]
   preconditioned = _preconditioned_step(plan, full_roots, mu_hat_leaves, step_leaves, graft)
   return [p for p in preconditioned if p is not None], (stats, roots, errors, failures)
 

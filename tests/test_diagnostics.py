@@ -60,7 +60,7 @@ def test_soap_and_compact_states(rng):
     report = shampoo_optax.diagnostics(state, params, block_size=8)
     assert sorted(report) == ["['v']", "['w']"]
     assert all(np.isfinite(float(e["root_error"])) for e in report.values())
-  assert isinstance(state[0].stats[0], quantization.Int8Matrices)
+  assert isinstance(state[0].stats[0], quantization.ScaledIntMatrices)
 
 
 def test_wrong_layout_arguments_are_an_error(rng):
