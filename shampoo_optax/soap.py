@@ -138,7 +138,8 @@ def scale_by_soap(
   layout = blocking.Layout(block_size, max_merged_dim or block_size,
                            skip_preconditioning_dim_size_gt, shard_multiple=block_sharding.size,
                            pad_slots=False)
-  moments = grafting.MomentDtypes.create(mu_dtype, quantization.canonical_dtype(statistics_dtype), "adam")
+  moments = grafting.MomentDtypes.create(
+      mu_dtype, quantization.canonical_dtype(statistics_dtype), "adam")
   # A basis refreshed at step t is used from step t + 1 (see update_fn).
   schedule = statistics.Schedule(precondition_every, start_preconditioning_step,
                                  stagger_basis_refresh)

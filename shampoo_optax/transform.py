@@ -234,7 +234,8 @@ def scale_by_shampoo(
   layout = blocking.Layout(block_size, max_merged_dim or block_size,
                            skip_preconditioning_dim_size_gt, exponent_override,
                            block_sharding.size)
-  moments = grafting.MomentDtypes.create(mu_dtype, quantization.canonical_dtype(statistics_dtype), graft)
+  moments = grafting.MomentDtypes.create(
+      mu_dtype, quantization.canonical_dtype(statistics_dtype), graft)
   compute = functools.partial(
       _inverse_roots, method=root_method, matrix_eps=matrix_eps,
       max_root_error=max_root_error, pseudo_inverse_rtol=pseudo_inverse_rtol)
