@@ -7,11 +7,13 @@ the error estimate of the last inverse root (or eigenbasis) computed for its
 statistics (the largest over its blocks and axes), how many computed roots were
 rejected, and an estimate of the statistics' condition number. It is a handful
 of batched array operations (24 Lanczos steps per statistic for the
-condition), cheap enough to log every few hundred steps, and may be jitted.
+condition), compiled once per layout (about a tenth of a training step after that; see
+benchmarks/diagnostics_cost.py), cheap enough to log every few steps.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -74,23 +76,35 @@ def diagnostics(
       exponent_override, pad_slots=not soap,
   ).plan([leaf for _, leaf in leaves])
   _check_layout(plan, stats)
-  codec = quantization.Codec(quantization.stored_dtype(stats[0]) if stats else "float32")
-  condition = []
-  for group, s in zip(plan.groups, stats):
-    lo, hi = matrix_functions.extreme_eigenvalues(codec.decode(s, group.dim))
-    condition.append(jnp.where(lo > 0, hi / jnp.where(lo > 0, lo, 1), jnp.inf))
+  named_rows = [(jax.tree_util.keystr(path), _rows_of_leaf(plan, i))
+                for i, (path, _) in enumerate(leaves)]
+  named_rows = [(name, rows) for name, rows in named_rows if rows]
+  values = _report(
+      stats, errors, failures, dims=tuple(g.dim for g in plan.groups),
+      dtype=quantization.stored_dtype(stats[0]) if stats else "float32",
+      leaf_rows=tuple(tuple((g, tuple(int(x) for x in r)) for g, r in rows)
+                      for _, rows in named_rows))
   report = {}
-  for i, (path, _) in enumerate(leaves):
-    rows = _rows_of_leaf(plan, i)
-    if not rows:
-      continue
-    take = lambda arrays, g, r: jnp.take(arrays[g], jnp.asarray(r), axis=0)  # noqa: E731
-    report[jax.tree_util.keystr(path)] = {
-        "root_error": jnp.max(jnp.stack([jnp.max(take(errors, g, r)) for g, r in rows])),
-        "root_failures": jnp.sum(jnp.stack([jnp.sum(take(failures, g, r)) for g, r in rows])),
-        "condition": jnp.max(jnp.stack([jnp.max(take(condition, g, r)) for g, r in rows])),
-    }
+  for (name, _), (error, failure, condition) in zip(named_rows, values):
+    report[name] = {"root_error": error, "root_failures": failure, "condition": condition}
   return report
+
+
+@functools.partial(jax.jit, static_argnames=("dims", "dtype", "leaf_rows"))
+def _report(stats, errors, failures, *, dims, dtype, leaf_rows):
+  """(worst root error, failures, worst condition) per leaf, in one compiled call."""
+  codec = quantization.Codec(dtype)
+  condition = []
+  for dim, s in zip(dims, stats):
+    lo, hi = matrix_functions.extreme_eigenvalues(codec.decode(s, dim))
+    condition.append(jnp.where(lo > 0, hi / jnp.where(lo > 0, lo, 1), jnp.inf))
+  take = lambda arrays, g, r: jnp.take(arrays[g], jnp.asarray(r), axis=0)  # noqa: E731
+  return [
+      (jnp.max(jnp.stack([jnp.max(take(errors, g, r)) for g, r in rows])),
+       jnp.sum(jnp.stack([jnp.sum(take(failures, g, r)) for g, r in rows])),
+       jnp.max(jnp.stack([jnp.max(take(condition, g, r)) for g, r in rows])))
+      for rows in leaf_rows
+  ]
 
 
 def _find_state(opt_state):

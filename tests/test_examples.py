@@ -33,7 +33,8 @@ def test_nnx_example():
   assert "Shampoo" in out and "test acc" in out
 
 
-BENCHMARKS = ["lm.py", "cnn.py", "roots.py", "growth.py", "sharding_memory.py"]
+BENCHMARKS = ["lm.py", "cnn.py", "roots.py", "growth.py", "sharding_memory.py",
+              "diagnostics_cost.py"]
 
 
 @pytest.mark.parametrize("script", BENCHMARKS)
