@@ -45,7 +45,6 @@ import argparse
 import json
 import math
 import pathlib
-import platform
 import re
 import shlex
 import statistics
@@ -56,13 +55,12 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import jaxlib
-import numpy as np
 import optax
 
 import shampoo_optax
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "examples"))
+import hostinfo  # noqa: E402
 import lm_common  # noqa: E402
 
 OPTIMIZERS = ("adamw", "shampoo")
@@ -74,30 +72,6 @@ _EIGH_OP = re.compile(r"=\s*\S+\s+eigh\(", re.IGNORECASE)
 _WHILE = re.compile(r"\swhile\(")
 _CONDITIONAL = re.compile(r"\sconditional\(")
 _INSTRUCTION = re.compile(r"^\s*(ROOT\s+)?%?[\w.\-]+\s*=\s", re.MULTILINE)
-
-
-def machine_description() -> str:
-  """One line: platform, CPUs, versions, backend and device."""
-  try:
-    usable = len(os.sched_getaffinity(0))
-  except AttributeError:
-    usable = os.cpu_count()
-  device = jax.devices()[0]
-  return (
-      f"{platform.platform()}, {platform.processor() or platform.machine()}, "
-      f"{os.cpu_count()} CPUs ({usable} usable), Python {platform.python_version()}, "
-      f"jax {jax.__version__}, jaxlib {jaxlib.__version__}, optax {optax.__version__}, "
-      f"numpy {np.__version__}, backend {jax.default_backend()} ({device.device_kind}, "
-      f"{jax.device_count()} device(s)), OPENBLAS_NUM_THREADS="
-      f"{os.environ.get('OPENBLAS_NUM_THREADS')}"
-  )
-
-
-def load_average() -> str:
-  try:
-    return " ".join(f"{x:.2f}" for x in os.getloadavg())
-  except OSError:
-    return "n/a"
 
 
 def hlo_counts(hlo: str) -> dict[str, int]:
@@ -331,8 +305,8 @@ def main(argv: Sequence[str] | None = None) -> None:
   args = resolve(build_parser().parse_args(argv))
   start = time.perf_counter()
   command = shlex.join(sys.orig_argv)
-  machine = machine_description()
-  load_start = load_average()
+  machine = hostinfo.describe()
+  load_start = hostinfo.load_average()
   print(f"command: {command}")
   print(f"machine: {machine}")
   print(f"load average at start (1, 5, 15 min): {load_start}")
@@ -343,7 +317,7 @@ def main(argv: Sequence[str] | None = None) -> None:
   rows = run(args)
   print_tables(args, rows)
   wall = time.perf_counter() - start
-  load_end = load_average()
+  load_end = hostinfo.load_average()
   print(f"\nload average at end: {load_end}; total wall time {wall:.1f} s")
   if args.json:
     payload = dict(command=command, machine=machine, load_average_start=load_start,

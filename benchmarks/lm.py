@@ -24,19 +24,18 @@ import argparse
 import json
 import os
 import pathlib
-import platform
 import sys
 import time
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # see examples/char_lm.py
 
-import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "examples"))
+import hostinfo  # noqa: E402
 import lm_common  # noqa: E402
 import peers  # noqa: E402
 
@@ -127,8 +126,7 @@ def table(rows: list[dict]) -> str:
 
 
 def machine() -> str:
-  return (f"{platform.platform()}, {os.cpu_count()} CPUs, jax {jax.__version__}, "
-          f"backend {jax.default_backend()} ({jax.devices()[0].device_kind})")
+  return hostinfo.describe()
 
 
 def main(argv=None):

@@ -50,7 +50,6 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import argparse
 import json
 import math
-import platform
 import shlex
 import statistics
 import sys
@@ -58,9 +57,9 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import hostinfo
 import jax
 import jax.numpy as jnp
-import jaxlib
 import numpy as np
 import optax
 
@@ -87,30 +86,6 @@ TINY = dict(
     warmup=1,
     ref_count=2,
 )
-
-
-def machine_description() -> str:
-  """One line: platform, CPUs, versions, backend and device."""
-  try:
-    usable = len(os.sched_getaffinity(0))
-  except AttributeError:
-    usable = os.cpu_count()
-  device = jax.devices()[0]
-  return (
-      f"{platform.platform()}, {platform.processor() or platform.machine()}, "
-      f"{os.cpu_count()} CPUs ({usable} usable), Python {platform.python_version()}, "
-      f"jax {jax.__version__}, jaxlib {jaxlib.__version__}, optax {optax.__version__}, "
-      f"numpy {np.__version__}, backend {jax.default_backend()} ({device.device_kind}, "
-      f"{jax.device_count()} device(s)), OPENBLAS_NUM_THREADS="
-      f"{os.environ.get('OPENBLAS_NUM_THREADS')}"
-  )
-
-
-def load_average() -> str:
-  try:
-    return " ".join(f"{x:.2f}" for x in os.getloadavg())
-  except OSError:
-    return "n/a"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -374,8 +349,8 @@ def main(argv: Sequence[str] | None = None) -> None:
   args = resolve(build_parser().parse_args(argv))
   start = time.perf_counter()
   command = shlex.join(sys.orig_argv)
-  machine = machine_description()
-  load_start = load_average()
+  machine = hostinfo.describe()
+  load_start = hostinfo.load_average()
   print(f"command: {command}")
   print(f"machine: {machine}")
   print(f"load average at start (1, 5, 15 min): {load_start}")
@@ -387,7 +362,7 @@ def main(argv: Sequence[str] | None = None) -> None:
   results = run(args)
   print_tables(args, results)
   wall = time.perf_counter() - start
-  load_end = load_average()
+  load_end = hostinfo.load_average()
   print(f"\nload average at end: {load_end}; total wall time {wall:.1f} s")
   if args.json:
     payload = dict(command=command, machine=machine, load_average_start=load_start,
