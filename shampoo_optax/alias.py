@@ -20,12 +20,12 @@ def shampoo(
     b1: jax.typing.ArrayLike = 0.9,
     b2: jax.typing.ArrayLike = 0.95,
     eps: jax.typing.ArrayLike = 1e-8,
-    matrix_eps: jax.typing.ArrayLike = 1e-6,
+    matrix_eps: jax.typing.ArrayLike = 1e-4,
     precondition_every: int = 10,
     start_preconditioning_step: int = 10,
     graft: str = "adam",
     nesterov: bool = False,
-    exponent_override: int | None = None,
+    exponent_override: int | None = 2,
     max_merged_dim: int | None = None,
     skip_preconditioning_dim_size_gt: int = 4096,
     root_method: str = "auto",
@@ -43,7 +43,8 @@ def shampoo(
 
   Shampoo (`Anil et al., 2020 <https://arxiv.org/abs/2002.09018>`_)
   preconditions each block ``G`` of a parameter with inverse roots of its
-  gradient statistics, ``L^(-1/4) G R^(-1/4)`` for a matrix, and takes its step
+  gradient statistics, ``L^(-1/2) G R^(-1/2)`` for a matrix (the paper's
+  ``L^(-1/4) G R^(-1/4)`` with ``exponent_override=None``), and takes its step
   size per block from a diagonal method (Adam by default). Start from the
   learning rate and weight decay that work for ``optax.adamw`` on the same
   model: with the default Adam grafting they carry over.
@@ -65,7 +66,8 @@ def shampoo(
     start_preconditioning_step: steps that use the grafting method alone.
     graft: the diagonal method Shampoo grafts from.
     nesterov: Nesterov momentum.
-    exponent_override: fixed root exponent instead of ``2k``.
+    exponent_override: every root is ``-1/exponent_override`` (default 2:
+      ``L^(-1/2) G R^(-1/2)``); ``None`` for the paper's ``-1/(2k)``.
     max_merged_dim: merge adjacent dimensions up to this product.
     skip_preconditioning_dim_size_gt: dimensions larger than this get no
       statistic.

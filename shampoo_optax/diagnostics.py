@@ -33,7 +33,7 @@ def diagnostics(
     block_size: int = 128,
     max_merged_dim: int | None = None,
     skip_preconditioning_dim_size_gt: int = 4096,
-    exponent_override: int | None = None,
+    exponent_override: int | None = 2,
 ) -> dict[str, dict[str, jax.Array]]:
   """Root errors, failures and condition estimates, per preconditioned parameter.
 

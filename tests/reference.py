@@ -31,9 +31,10 @@ class NumpyShampoo:
 
   def __init__(self, shapes, *, block_size, b1, b2, eps, matrix_eps,
                precondition_every, start_preconditioning_step, learning_rate,
-               pseudo_inverse_rtol=None):
+               pseudo_inverse_rtol=None, exponent_override=2):
     self.hp = dict(b1=b1, b2=b2, eps=eps, matrix_eps=matrix_eps)
     self.pseudo_inverse_rtol = pseudo_inverse_rtol
+    self.exponent_override = exponent_override  # None: the paper's 2 x rank
     self.k = precondition_every
     self.start = start_preconditioning_step
     self.lr = learning_rate
@@ -80,7 +81,8 @@ class NumpyShampoo:
       others = [a for a in range(rank) if a != axis]
       stats[axis][...] = b2 * stats[axis] + (1 - b2) * np.tensordot(g, g, (others, others))
       if refresh:
-        roots[axis][...] = _inverse_root(stats[axis], 2 * rank, matrix_eps,
+        roots[axis][...] = _inverse_root(stats[axis], self.exponent_override or 2 * rank,
+                                         matrix_eps,
                                          self.pseudo_inverse_rtol)
     p = m
     for axis in range(rank):

@@ -43,10 +43,11 @@ def assert_trees_close(a, b, rtol, atol):
 # --- Against a hand-written float64 reference ------------------------------
 
 
-@pytest.mark.parametrize("stagger,k", [(False, 3), (True, 1), (False, 1)])
-def test_matches_numpy_reference(rng, stagger, k):
+@pytest.mark.parametrize("stagger,k,exponent", [(False, 3, 2), (True, 1, 2), (False, 1, None),
+                                                (False, 3, None)])
+def test_matches_numpy_reference(rng, stagger, k, exponent):
   hp = dict(block_size=4, b1=0.9, b2=0.95, eps=1e-8, matrix_eps=1e-4,
-            precondition_every=k, start_preconditioning_step=2)
+            precondition_every=k, start_preconditioning_step=2, exponent_override=exponent)
   params = random_tree(rng)
   grads_seq = [random_tree(rng) for _ in range(9)]
   tx = shampoo_optax.shampoo(learning_rate=0.1, stagger_root_refresh=stagger, **hp)
@@ -101,18 +102,20 @@ def test_grafting_only_equals_optax(rng, graft, kwargs, reference):
     assert_trees_close(a, b, rtol=1e-6, atol=1e-7)
 
 
-def test_graft_none_is_raw_shampoo_direction(rng):
+@pytest.mark.parametrize("exponent", [None, 2])
+def test_graft_none_is_raw_shampoo_direction(rng, exponent):
   params = random_tree(rng, {"w": (4, 4)})
   grads = random_tree(rng, {"w": (4, 4)})
   tx = shampoo_optax.scale_by_shampoo(
       block_size=4, graft="none", b1=0.0, b2=1.0, matrix_eps=0.0,
-      start_preconditioning_step=0, precondition_every=1,
+      start_preconditioning_step=0, precondition_every=1, exponent_override=exponent,
   )
   (update,), _ = run_updates(tx, params, [grads])
   # One full-rank gradient G = U S V^T and plain sums: L = G G^T, R = G^T G,
-  # so L^(-1/4) G R^(-1/4) = U V^T.
-  u, _, vt = np.linalg.svd(np.asarray(grads["w"], np.float64))
-  np.testing.assert_allclose(update["w"], u @ vt, rtol=1e-3, atol=1e-4)
+  # so L^(-1/4) G R^(-1/4) = U V^T (the paper) and L^(-1/2) G R^(-1/2) = U S^-1 V^T.
+  u, s, vt = np.linalg.svd(np.asarray(grads["w"], np.float64))
+  want = u @ vt if exponent is None else (u / s) @ vt
+  np.testing.assert_allclose(update["w"], want, rtol=1e-3, atol=1e-4)
 
 
 def test_rmsprop_normalized_by_hand(rng):
