@@ -89,8 +89,7 @@ def main(argv=None):
                                             consistent_rms=0.2),
       "google_shampoo": lambda lr: peers.google_shampoo(lr, weight_decay=wd),
       "shampoo": lambda lr: shampoo_optax.shampoo(lr, weight_decay=wd),
-      # b2 as this model likes it (AdamW prefers 0.999 here; the default 0.95
-      # is the Transformer's choice).
+      # A b2 variant (see benchmarks/README.md, CNN).
       "shampoo_b2_0.99": lambda lr: shampoo_optax.shampoo(lr, b2=0.99, weight_decay=wd),
       "soap": lambda lr: shampoo_optax.soap(lr, weight_decay=wd),
   }

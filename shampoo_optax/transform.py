@@ -162,8 +162,9 @@ def scale_by_shampoo(
     nesterov: Nesterov momentum, as ``optax.adam(nesterov=True)``.
     exponent_override: every root is ``-1/exponent_override``. The default 2
       preconditions a matrix with ``L^(-1/2) G R^(-1/2)``, the square of the
-      paper's preconditioner (Morwani et al., 2024, arXiv 2406.17748; with
-      grafting only the direction changes), which beat the paper's choice on
+      paper's preconditioner (Morwani et al., 2024, "A New Perspective on
+      Shampoo's Preconditioner", relate it to the best Kronecker approximation;
+      with grafting only the direction changes), which beat the paper's choice on
       both benchmarks (``benchmarks/README.md``). ``None``: the paper's
       ``-1/(2k)`` for blocks with ``k`` preconditioned axes.
     max_merged_dim: adjacent dimensions of a parameter are merged while their
