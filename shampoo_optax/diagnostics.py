@@ -73,7 +73,9 @@ def diagnostics(
   leaves = jax.tree_util.tree_flatten_with_path(params)[0]
   plan = blocking.Layout(
       block_size, max_merged_dim or block_size, skip_preconditioning_dim_size_gt,
-      exponent_override, pad_slots=not soap,
+      # SOAP has no roots: its layout is the paper's 2k grouping whatever the
+      # exponent argument says.
+      None if soap else exponent_override, pad_slots=not soap,
   ).plan([leaf for _, leaf in leaves])
   _check_layout(plan, stats)
   named_rows = [(jax.tree_util.keystr(path), _rows_of_leaf(plan, i))

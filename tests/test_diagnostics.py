@@ -63,6 +63,15 @@ def test_soap_and_compact_states(rng):
   assert isinstance(state[0].stats[0], quantization.ScaledIntMatrices)
 
 
+@pytest.mark.parametrize("make", [shampoo_optax.soap, shampoo_optax.shampoo])
+def test_one_and_two_sided_blocks(make):
+  """A one-sided block (a skipped dimension) next to a two-sided one of the same size."""
+  params = {"w": jnp.ones((8, 8)), "e": jnp.ones((200, 8))}
+  layout = dict(block_size=8, skip_preconditioning_dim_size_gt=100)
+  state = make(1e-3, **layout).init(params)
+  assert sorted(shampoo_optax.diagnostics(state, params, **layout)) == ["['e']", "['w']"]
+
+
 def test_wrong_layout_arguments_are_an_error(rng):
   params = random_tree(rng, SHAPES)
   state = shampoo_optax.shampoo(0.01, block_size=8).init(params)
