@@ -42,11 +42,9 @@ import os
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import argparse
-import json
 import math
 import pathlib
 import re
-import shlex
 import statistics
 import sys
 import time
@@ -303,29 +301,14 @@ def print_tables(args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
   args = resolve(build_parser().parse_args(argv))
-  start = time.perf_counter()
-  command = shlex.join(sys.orig_argv)
-  machine = hostinfo.describe()
-  load_start = hostinfo.load_average()
-  print(f"command: {command}")
-  print(f"machine: {machine}")
-  print(f"load average at start (1, 5, 15 min): {load_start}")
+  report = hostinfo.start()
   print(f"CharTransformer d_model {args.d_model}, heads {args.num_heads}, seq_len {args.seq_len}, "
         f"batch {args.batch_size}, layers {args.layers}; optimizers {args.optimizers} (shampoo: "
         f"defaults, root_method {args.root_method!r}); warmup {args.warmup} steps, "
         f"timed {args.steps} steps", flush=True)
   rows = run(args)
   print_tables(args, rows)
-  wall = time.perf_counter() - start
-  load_end = hostinfo.load_average()
-  print(f"\nload average at end: {load_end}; total wall time {wall:.1f} s")
-  if args.json:
-    payload = dict(command=command, machine=machine, load_average_start=load_start,
-                   load_average_end=load_end, wall_s=wall,
-                   args={k: v for k, v in vars(args).items() if k != "json"}, rows=rows)
-    with open(args.json, "w") as f:
-      json.dump(payload, f, indent=1)
-    print(f"wrote {args.json}")
+  hostinfo.finish(report, args, rows=rows)
 
 
 if __name__ == "__main__":

@@ -48,9 +48,7 @@ import os
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import argparse
-import json
 import math
-import shlex
 import statistics
 import sys
 import time
@@ -347,13 +345,7 @@ def print_tables(args: argparse.Namespace, results: dict[str, Any]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
   args = resolve(build_parser().parse_args(argv))
-  start = time.perf_counter()
-  command = shlex.join(sys.orig_argv)
-  machine = hostinfo.describe()
-  load_start = hostinfo.load_average()
-  print(f"command: {command}")
-  print(f"machine: {machine}")
-  print(f"load average at start (1, 5, 15 min): {load_start}")
+  report = hostinfo.start()
   print(f"sizes {args.sizes}, batches {args.batches} (the issue asks for 128..1024 matrices per "
         "batch; the default batches are smaller to fit a small CPU, see --batches), powers "
         f"{args.powers}, spectra "
@@ -361,16 +353,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"warmup {args.warmup}, reference on the first {args.ref_count} matrices", flush=True)
   results = run(args)
   print_tables(args, results)
-  wall = time.perf_counter() - start
-  load_end = hostinfo.load_average()
-  print(f"\nload average at end: {load_end}; total wall time {wall:.1f} s")
-  if args.json:
-    payload = dict(command=command, machine=machine, load_average_start=load_start,
-                   load_average_end=load_end, wall_s=wall,
-                   args={k: v for k, v in vars(args).items() if k != "json"}, **results)
-    with open(args.json, "w") as f:
-      json.dump(payload, f, indent=1)
-    print(f"wrote {args.json}")
+  hostinfo.finish(report, args, **results)
 
 
 if __name__ == "__main__":

@@ -156,18 +156,9 @@ def scale_by_soap(
   def init_fn(params):
     validation.check_float_leaves(params, "params")
     plan = layout.plan(jax.tree.leaves(params))
-    place = lambda tree: jax.tree.map(block_sharding.place, tree)  # noqa: E731
     mu, nu = moments.init(params)
-    return SoapState(
-        count=jnp.zeros([], jnp.int32), mu=mu, nu=nu,
-        stats=tuple(place(codec.empty(g.padded_size, g.dim)) for g in plan.groups),
-        bases=tuple(place(basis_codec.empty(g.padded_size, g.dim, identity=True))
-                    for g in plan.groups),
-        basis_errors=tuple(place(jnp.zeros((g.padded_size,), jnp.float32))
-                           for g in plan.groups),
-        basis_failures=tuple(place(jnp.zeros((g.padded_size,), jnp.int32))
-                             for g in plan.groups),
-    )
+    return SoapState(jnp.zeros([], jnp.int32), mu, nu,
+                     *statistics.init_groups(plan, codec, basis_codec, block_sharding))
 
   def update_fn(updates, state, params=None, **extra_args):
     del params, extra_args

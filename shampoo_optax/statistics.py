@@ -45,6 +45,19 @@ class Schedule:
     return max(1, self.start - self.every + 1)
 
 
+def init_groups(plan: blocking.Plan, codec: quantization.Codec,
+                factor_codec: quantization.Codec, block_sharding) -> tuple:
+  """Per group: zero statistics, identity factors, zero errors and failures."""
+  place = lambda tree: jax.tree.map(block_sharding.place, tree)  # noqa: E731
+  groups = plan.groups
+  return (
+      tuple(place(codec.empty(g.padded_size, g.dim)) for g in groups),
+      tuple(place(factor_codec.empty(g.padded_size, g.dim, identity=True)) for g in groups),
+      tuple(place(jnp.zeros((g.padded_size,), jnp.float32)) for g in groups),
+      tuple(place(jnp.zeros((g.padded_size,), jnp.int32)) for g in groups),
+  )
+
+
 def accumulate(plan: blocking.Plan, stats: tuple, grad_stacks: list[jax.Array],
                b2: jax.typing.ArrayLike, codec: quantization.Codec,
                count: jax.Array | None = None) -> tuple:
