@@ -92,6 +92,10 @@ def main(argv=None):
       # A b2 variant (see benchmarks/README.md, CNN).
       "shampoo_b2_0.99": lambda lr: shampoo_optax.shampoo(lr, b2=0.99, weight_decay=wd),
       "soap": lambda lr: shampoo_optax.soap(lr, weight_decay=wd),
+      # Earlier defaults, for comparison (see benchmarks/README.md).
+      "shampoo_start_10": lambda lr: shampoo_optax.shampoo(
+          lr, start_preconditioning_step=10, weight_decay=wd),
+      "soap_b2_0.95": lambda lr: shampoo_optax.soap(lr, b2=0.95, weight_decay=wd),
   }
   names = args.optimizers.split(",")
   print(f"$ python {' '.join(sys.argv)}")

@@ -71,6 +71,11 @@ def make_optimizers(weight_decay: float, block_size: int, precondition_every: in
       "shampoo_bf16": variant(statistics_dtype="bfloat16"),
       "shampoo_int8": variant(statistics_dtype="int8"),
       "shampoo_pinv": variant(pseudo_inverse_rtol=1e-6),
+      # Earlier defaults, for comparison.
+      "shampoo_start_10": variant(start_preconditioning_step=10),
+      "soap_b2_0.95": lambda lr: shampoo_optax.soap(
+          lr, b2=0.95, block_size=block_size, precondition_every=precondition_every,
+          weight_decay=weight_decay),
   }
 
 

@@ -22,7 +22,7 @@ def shampoo(
     eps: jax.typing.ArrayLike = 1e-8,
     matrix_eps: jax.typing.ArrayLike = 1e-4,
     precondition_every: int = 10,
-    start_preconditioning_step: int = 10,
+    start_preconditioning_step: int = 2,
     graft: str = "adam",
     nesterov: bool = False,
     exponent_override: int | None = 2,
@@ -74,7 +74,9 @@ def shampoo(
     root_method: ``'auto'``, ``'newton'`` or ``'eigh'``.
     stagger_root_refresh: spread root refreshes evenly over steps.
     max_root_error: roots with a larger error estimate are rejected.
-    mu_dtype: dtype of the first moment.
+    mu_dtype: dtype of the first moment (``'int8'``: row-scaled int8, see
+      :func:`shampoo_optax.scale_by_shampoo`; the default with
+      ``statistics_dtype='int8'``).
     statistics_dtype: storage of the roots: ``'float32'``, ``'bfloat16'`` or
       ``'int8'``; compact choices store the statistics in 16 bits (see
       :func:`shampoo_optax.scale_by_shampoo`).
@@ -137,7 +139,7 @@ def soap(
     learning_rate: optax.ScalarOrSchedule,
     block_size: int = 128,
     b1: jax.typing.ArrayLike = 0.9,
-    b2: jax.typing.ArrayLike = 0.95,
+    b2: jax.typing.ArrayLike = 0.9,
     eps: jax.typing.ArrayLike = 1e-8,
     precondition_every: int = 10,
     start_preconditioning_step: int = 0,
@@ -173,7 +175,9 @@ def soap(
     skip_preconditioning_dim_size_gt: larger dimensions are not rotated.
     basis_method: ``'auto'``, ``'eigh'`` or ``'qr'``.
     stagger_basis_refresh: spread basis refreshes evenly over steps.
-    mu_dtype: dtype of the first moment.
+    mu_dtype: dtype of the first moment (``'int8'``: row-scaled int8, see
+      :func:`shampoo_optax.scale_by_shampoo`; the default with
+      ``statistics_dtype='int8'``).
     statistics_dtype: storage of the bases (``'float32'``, ``'bfloat16'``,
       ``'int8'``); compact choices store the statistics in 16 bits.
     mesh: a mesh to spread the statistics and bases over.

@@ -194,6 +194,40 @@ class Codec:
     return full
 
 
+class QuantizedArray(NamedTuple):
+  """An array as int8 values and one float32 scale per row of its last axis.
+
+  The compact first moment (``mu_dtype='int8'``). ``values`` has the array's
+  shape, so it shards like the parameter it belongs to; ``scales`` has shape
+  ``shape[:-1] + (1,)``: the row's largest magnitude over 127.
+  """
+
+  values: jax.Array
+  scales: jax.Array
+
+
+def quantize_rows(x: jax.Array, key: jax.Array | None = None) -> QuantizedArray:
+  """float ``x`` (rank >= 1) -> :class:`QuantizedArray`, rounding stochastically with ``key``.
+
+  Stochastic rounding keeps a running average unbiased: rounded to nearest, an
+  entry far below its row's largest would stay where it is whenever
+  ``(1 - b1) g`` is under half a step of 1/127 of that largest entry.
+  """
+  x = x.astype(jnp.float32)
+  scales = jnp.max(jnp.abs(x), axis=-1, keepdims=True) / 127.0
+  scaled = x / jnp.where(scales > 0, scales, 1.0)
+  if key is None:
+    values = jnp.round(scaled)
+  else:
+    noise = jax.random.uniform(key, x.shape, jnp.float32, out_sharding=jax.typeof(x).sharding)
+    values = jnp.floor(scaled + noise)
+  return QuantizedArray(jnp.clip(values, -127, 127).astype(jnp.int8), scales)
+
+
+def dequantize_rows(q: QuantizedArray, dtype=jnp.float32) -> jax.Array:
+  return (q.values.astype(jnp.float32) * q.scales).astype(dtype)
+
+
 def take_rows(stored, rows: jax.Array):
   """The stored matrices at ``rows`` (out of range: zeros)."""
   return jax.tree.map(lambda x: jnp.take(x, rows, axis=0, mode="fill", fill_value=0), stored)

@@ -26,6 +26,8 @@ import jax
 import optax
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from shampoo_optax import quantization
+
 
 @dataclasses.dataclass(frozen=True)
 class BlockSharding:
@@ -75,7 +77,7 @@ class BlockSharding:
       return f(*blocked, *replicated, 0)
 
     def local(*args):
-      rows = args[0].shape[0]
+      rows = jax.tree.leaves(args[0])[0].shape[0]
       return f(*args, jax.lax.axis_index(self.axes) * rows)
 
     in_specs = (self.spec,) * len(blocked) + (PartitionSpec(),) * len(replicated)
@@ -201,7 +203,7 @@ def state_shardings(
         if name == "count":
           fields[name] = replicated
         elif name in ("mu", "nu"):
-          fields[name] = like_params if value != () else ()
+          fields[name] = () if value == () else jax.tree.map(_moment_sharding, like_params, value)
         else:
           fields[name] = jax.tree.map(lambda _: blocks, value)
       return type(node)(**fields)
@@ -217,6 +219,15 @@ def state_shardings(
       assign, jax.eval_shape(tx.init, params),
       is_leaf=lambda n: is_state(n) or is_params_like(n),
   )
+
+
+def _moment_sharding(sharding: NamedSharding, moment) -> Any:
+  """A first or second moment shards like its parameter; an int8 one's row
+  scales (``shape[:-1] + (1,)``) like the parameter without its last axis."""
+  if not isinstance(moment, quantization.QuantizedArray):
+    return sharding
+  spec = tuple(sharding.spec)[: moment.values.ndim - 1]
+  return quantization.QuantizedArray(sharding, NamedSharding(sharding.mesh, PartitionSpec(*spec)))
 
 
 def abstract_state(

@@ -67,7 +67,7 @@ class SoapState(NamedTuple):
 def scale_by_soap(
     block_size: int = 128,
     b1: jax.typing.ArrayLike = 0.9,
-    b2: jax.typing.ArrayLike = 0.95,
+    b2: jax.typing.ArrayLike = 0.9,
     eps: jax.typing.ArrayLike = 1e-8,
     precondition_every: int = 10,
     start_preconditioning_step: int = 0,
@@ -106,7 +106,9 @@ def scale_by_soap(
       ``'auto'``: eigh on CPU, qr on accelerators.
     stagger_basis_refresh: refresh ``1/precondition_every`` of the bases on
       every step.
-    mu_dtype: dtype of the first moment.
+    mu_dtype: dtype of the first moment (``'int8'``: row-scaled int8, see
+      :func:`shampoo_optax.scale_by_shampoo`; the default with
+      ``statistics_dtype='int8'``).
     statistics_dtype: storage of the bases (``'float32'``, ``'bfloat16'``,
       ``'int8'``); compact choices store the statistics as 16-bit integers
       (see ``shampoo_optax.quantization``).
@@ -162,7 +164,7 @@ def scale_by_soap(
 
   def update_fn(updates, state, params=None, **extra_args):
     del params, extra_args
-    validation.check_updates_match(updates, state.mu)
+    validation.check_updates_match(updates, moments.shapes(state.mu))
     count = optax.safe_increment(state.count)
     mu_prev, nu_prev = moments.load(state.mu, state.nu, updates)
     mu = optax.tree.update_moment(updates, mu_prev, b1, 1)
@@ -191,15 +193,19 @@ def scale_by_soap(
       # next steps (as SOAP does: a basis is never computed from the gradient
       # it rotates, which in its own eigenbasis would be diagonal, and Adam's
       # m / sqrt(v) would blow the float32 noise of its zeros up to +-1).
-      step_leaves = jax.tree.leaves(step)
-      back, groups = sharding_lib.call_in_block_layout(
-          functools.partial(rotate_back_and_refresh, plan), (step_leaves, groups, count),
-          [step_leaves[i] for i in pre], groups, block_sharding)
-      for i, x in zip(pre, back):
-        step_leaves[i] = x
+      step_leaves, nu_leaves = jax.tree.leaves(step), jax.tree.leaves(nu)
+      (back, nu_change), groups = sharding_lib.call_in_block_layout(
+          functools.partial(rotate_back_and_refresh, plan),
+          (step_leaves, nu_leaves, groups, count),
+          ([step_leaves[i] for i in pre], [nu_leaves[i] for i in pre]), groups, block_sharding)
+      for i, x, change in zip(pre, back, nu_change):
+        # nu + change, rather than the carried nu itself: under Auto axes the
+        # sum keeps nu's sharding (the block layout's output has none).
+        step_leaves[i], nu_leaves[i] = x, nu_leaves[i] + change.astype(nu_leaves[i].dtype)
       step = jax.tree.unflatten(treedef, step_leaves)
+      nu = jax.tree.unflatten(treedef, nu_leaves)
     updates = jax.tree.map(lambda s, g: s.astype(g.dtype), step, updates)
-    mu, nu = moments.store(mu, nu, state.mu, state.nu)
+    mu, nu = moments.store(mu, nu, state.mu, state.nu, count)
     return updates, SoapState(count, mu, nu, *groups)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
@@ -219,17 +225,68 @@ def _rotate_in(plan, grad_leaves, mu_leaves, groups, count, *, b2, block_shardin
   return tuple(rotated), (stats, bases, errors, failures)
 
 
-def _rotate_back_and_refresh(plan, step_leaves, groups, count, *, block_sharding, codec,
-                             basis_codec, compute, schedule):
-  """The step back in the original basis; then the due bases refreshed."""
-  stats, bases, errors, failures = groups
-  full = [basis_codec.decode(b, g.dim) for g, b in zip(plan.groups, bases)]
+def _rotate_back_and_refresh(plan, step_leaves, nu_leaves, groups, count, *, block_sharding,
+                             codec, basis_codec, compute, schedule):
+  """The step back in the original basis; then the due bases refreshed, and
+  the change of the second moment that carries it into them."""
+  stats, old_bases, errors, failures = groups
+  full = [basis_codec.decode(b, g.dim) for g, b in zip(plan.groups, old_bases)]
   stacks = _rotate(plan, full, blocking.to_stacks(plan, step_leaves, jnp.float32), False)
   bases, errors, failures = statistics.refresh(
-      plan, stats, bases, errors, failures, count, compute=compute, schedule=schedule,
+      plan, stats, old_bases, errors, failures, count, compute=compute, schedule=schedule,
       block_sharding=block_sharding, codec=codec, factor_codec=basis_codec)
   back = _preconditioned_only(plan, blocking.from_stacks(plan, stacks))
-  return back, (stats, bases, errors, failures)
+  nu_stacks = _carry_second_moment(plan, blocking.to_stacks(plan, nu_leaves, jnp.float32),
+                                   old_bases, bases, count, schedule, basis_codec)
+  nu_change = [x - v for x, v in zip(
+      _preconditioned_only(plan, blocking.from_stacks(plan, nu_stacks)),
+      _preconditioned_only(plan, nu_leaves))]
+  return (back, nu_change), (stats, bases, errors, failures)
+
+
+def _carry_second_moment(plan, nu_stacks, old_bases, new_bases, count, schedule, basis_codec):
+  """The second moment of each block whose basis was just refreshed, moved to the new basis.
+
+  With ``P = Q_new^T Q_old``, coordinate ``a`` of a block in the new basis is
+  ``sum_i P[a, i] x_i``; if the old coordinates are uncorrelated (what Adam's
+  diagonal second moment assumes), its second moment is ``sum_i P[a, i]^2
+  v_i``. Without this, a refresh that rotates eigenvectors within a cluster
+  of close eigenvalues, or reorders them, leaves each coordinate with the
+  second moment of another direction (measured: SOAP diverged at 4/3 of its
+  best learning rate; with it, it does not). Only the rows refreshed at this
+  step are touched (``1/precondition_every`` of them when staggered).
+  """
+  if not schedule.stagger:  # everything is refreshed on the same steps
+    due = statistics.due_rows(schedule, count, 1)[1][0]
+    return jax.lax.cond(
+        due, lambda x: _carry_due(plan, x, old_bases, new_bases, count, schedule, basis_codec),
+        lambda x: x, nu_stacks)
+  return _carry_due(plan, nu_stacks, old_bases, new_bases, count, schedule, basis_codec)
+
+
+def _carry_due(plan, nu_stacks, old_bases, new_bases, count, schedule, basis_codec):
+  maps = []
+  for group, old, new in zip(plan.groups, old_bases, new_bases):
+    rows, due = statistics.due_rows(schedule, count, quantization.num_matrices(old))
+    q_old = basis_codec.decode(quantization.take_rows(old, rows), group.dim)
+    q_new = basis_codec.decode(quantization.take_rows(new, rows), group.dim)
+    p = jnp.einsum("zka,zki->zai", q_new, q_old, precision=jax.lax.Precision.HIGHEST)
+    # Unchanged (not due, or the new basis was rejected): the identity, exactly.
+    changed = due & jnp.any(q_new != q_old, axis=(-2, -1))
+    eye = jnp.eye(group.dim, dtype=p.dtype)[None]
+    maps.append((rows, changed, jnp.where(changed[:, None, None], jnp.square(p), eye)))
+  out = []
+  for stack, blocks in zip(plan.stacks, nu_stacks):
+    for axis, group, offset in stack.statistics:
+      rows, changed, m = maps[group]
+      index = rows - offset  # the stack's blocks among the group's rows
+      inside = changed & (index >= 0) & (index < stack.size)
+      index = jnp.where(inside, index, stack.size)  # elsewhere: not gathered, dropped
+      sub = jnp.take(blocks, index, axis=0, mode="fill", fill_value=0)
+      sub = _along_axis(sub, m, axis, transpose=False)
+      blocks = blocks.at[index].set(sub, mode="drop")
+    out.append(blocks)
+  return out
 
 
 def _preconditioned_only(plan, leaves):
@@ -240,17 +297,24 @@ def _rotate(plan, bases, stacks, transpose):
   """Each block times Q (or Q^T) on each preconditioned axis."""
   out = []
   for stack, blocks in zip(plan.stacks, stacks):
-    rank = len(stack.block_shape)
-    lower, upper = blocking.einsum_letters(rank)
     for axis, group, offset in stack.statistics:
-      q = bases[group][offset: offset + stack.size]
-      # x ×_axis Q^T (into the eigenbasis): contract x's axis with Q's rows.
-      pair = f"{lower[axis]}{upper[axis]}" if transpose else f"{upper[axis]}{lower[axis]}"
-      result = lower[:axis] + upper[axis] + lower[axis + 1:]
-      blocks = jnp.einsum(f"z{lower},z{pair}->z{result}", blocks, q,
-                          precision=jax.lax.Precision.HIGHEST)
+      blocks = _along_axis(blocks, bases[group][offset: offset + stack.size], axis, transpose)
     out.append(blocks)
   return out
+
+
+def _along_axis(blocks, mats, axis, transpose):
+  """Block ``z`` times ``mats[z]`` (or its transpose) along ``axis``.
+
+  ``transpose``: ``x ×_axis M^T`` (contracts x's axis with M's rows; into an
+  eigenbasis); otherwise ``x ×_axis M`` (with M's columns).
+  """
+  rank = blocks.ndim - 1
+  lower, upper = blocking.einsum_letters(rank)
+  pair = f"{lower[axis]}{upper[axis]}" if transpose else f"{upper[axis]}{lower[axis]}"
+  result = lower[:axis] + upper[axis] + lower[axis + 1:]
+  return jnp.einsum(f"z{lower},z{pair}->z{result}", blocks, mats,
+                    precision=jax.lax.Precision.HIGHEST)
 
 
 def _eigenbasis(stats, old, exponent, count, *, method, qr_from):
@@ -262,9 +326,16 @@ def _eigenbasis(stats, old, exponent, count, *, method, qr_from):
     return jnp.linalg.eigh(stats)[1]
 
   def refine():
-    # One step of power iteration from the previous basis, re-orthonormalized
-    # (SOAP's cheap refresh); the first cycle has no previous basis: eigh.
-    q = jnp.linalg.qr(jnp.matmul(stats, old, precision=hi))[0]
+    # One step of subspace iteration from the previous basis, re-orthonormalized
+    # (SOAP's cheap refresh); the first cycle has no previous basis: eigh. As
+    # in SOAP, the previous basis is first sorted by its estimated eigenvalues,
+    # largest first: QR keeps the first columns' directions, so the iteration
+    # converges without reshuffling them (the second moment follows any
+    # reordering, see _carry_second_moment).
+    estimates = jnp.einsum("zki,zkl,zli->zi", old, stats, old, precision=hi)
+    order = jnp.argsort(-estimates, axis=-1)
+    start = jnp.take_along_axis(old, order[:, None, :], axis=-1)
+    q = jnp.linalg.qr(jnp.matmul(stats, start, precision=hi))[0]
     return jax.lax.cond(count < qr_from, eigh, lambda: q)
 
   if method == "auto":

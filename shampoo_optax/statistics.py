@@ -136,20 +136,32 @@ def _one_matrix_at_a_time_on_cpu(compute: Compute) -> Compute:
   return wrapped
 
 
+def due_rows(schedule: Schedule, count: jax.Array, n: int,
+             row_offset: jax.typing.ArrayLike = 0) -> tuple[jax.Array, jax.Array]:
+  """The rows of a group (of ``n``) whose factors are refreshed at step ``count``.
+
+  Returns ``(rows, due)``: a fixed number of row indices (local to a device
+  whose first row is global row ``row_offset``; some may be ``>= n``) and
+  whether each is refreshed now.
+  """
+  if schedule.stagger:
+    t0, k = schedule.first_step(), schedule.every
+    first = (count - t0 - row_offset) % k  # the first due row
+    rows = first + k * jnp.arange(-(-n // k))
+    return rows, (count >= t0) & (rows < n)
+  due = (count > schedule.start) & ((count - schedule.start - 1) % schedule.every == 0)
+  return jnp.arange(n), jnp.broadcast_to(due, (n,))
+
+
 def _refresh_group(stats, factors, errors, failures, count, row_offset, *, dim, exponent,
                    compute, schedule, codec, factor_codec):
   """One group (or one device's rows of it): refresh the rows that are due."""
   n = quantization.num_matrices(stats)
   update = functools.partial(_update_rows, dim=dim, exponent=exponent, count=count,
                              compute=compute, codec=codec, factor_codec=factor_codec)
-  if schedule.stagger:
-    t0 = schedule.first_step()
-    k = schedule.every
-    first = (count - t0 - row_offset) % k  # this device's first due row
-    rows = first + k * jnp.arange(-(-n // k))  # past n: dropped
-    return jax.lax.cond(count >= t0, update, _keep, stats, factors, errors, failures, rows)
-  due = (count > schedule.start) & ((count - schedule.start - 1) % schedule.every == 0)
-  return jax.lax.cond(due, update, _keep, stats, factors, errors, failures, jnp.arange(n))
+  rows, due = due_rows(schedule, count, n, row_offset)  # rows past n: dropped
+  any_due = (count >= schedule.first_step()) if schedule.stagger else due[0]
+  return jax.lax.cond(any_due, update, _keep, stats, factors, errors, failures, rows)
 
 
 def _keep(stats, factors, errors, failures, rows):

@@ -74,7 +74,7 @@ class ShampooState(NamedTuple):
   Attributes:
     count: int32 ``[]``, the number of updates applied.
     mu: first moment, the parameters' tree and shapes, dtype ``mu_dtype`` or
-      the parameters'.
+      the parameters' (with int8, ``quantization.QuantizedArray`` leaves).
     nu: the grafting method's second moment, the parameters' tree and shapes
       (bfloat16 with a compact ``statistics_dtype``); ``()`` for grafts
       without one (``'sgd'``, ``'none'``).
@@ -106,7 +106,7 @@ def scale_by_shampoo(
     eps: jax.typing.ArrayLike = 1e-8,
     matrix_eps: jax.typing.ArrayLike = 1e-4,
     precondition_every: int = 10,
-    start_preconditioning_step: int = 10,
+    start_preconditioning_step: int = 2,
     graft: str = "adam",
     nesterov: bool = False,
     exponent_override: int | None = 2,
@@ -156,7 +156,12 @@ def scale_by_shampoo(
       statistic's largest eigenvalue.
     precondition_every: each inverse root is recomputed every this many steps.
     start_preconditioning_step: the first this many steps use the grafting
-      method alone.
+      method alone. The default 2 starts preconditioning while the first
+      roots are still being computed (staggered, they all exist after
+      ``precondition_every`` steps); until its first root a block takes its
+      momentum rescaled to the grafting method's step norm. On the LM
+      benchmark this reached AdamW's loss in 190 steps instead of 210-220 with
+      10 (seeds 0 and 1, lr 4e-3), and a lower loss (1.576 vs 1.626, seed 0).
     graft: ``'adam'``, ``'rmsprop'``, ``'rmsprop_normalized'``, ``'adagrad'``,
       ``'sgd'`` or ``'none'`` (see ``shampoo_optax.grafting``).
     nesterov: Nesterov momentum, as ``optax.adam(nesterov=True)``.
@@ -185,7 +190,10 @@ def scale_by_shampoo(
     max_root_error: a computed root whose error estimate exceeds this is
       rejected and the previous root kept.
     mu_dtype: dtype of the first moment; ``None`` keeps the parameters'
-      (bfloat16 with ``statistics_dtype='int8'``).
+      (int8 with ``statistics_dtype='int8'``). ``'int8'``: parameters of rank
+      >= 2 keep it as int8 with a float32 scale per row of the last axis,
+      rounded stochastically (``quantization.QuantizedArray``), the others as
+      bfloat16.
     statistics_dtype: storage of the inverse roots, ``'float32'``,
       ``'bfloat16'``, or ``'int8'`` (per-row scales, exact diagonal); with
       either compact choice the statistics take 16-bit integers (per-row
@@ -263,7 +271,7 @@ def scale_by_shampoo(
 
   def update_fn(updates, state, params=None, **extra_args):
     del params, extra_args
-    validation.check_updates_match(updates, state.mu)
+    validation.check_updates_match(updates, moments.shapes(state.mu))
     count = optax.safe_increment(state.count)
     mu_prev, nu_prev = moments.load(state.mu, state.nu, updates)
     mu = optax.tree.update_moment(updates, mu_prev, b1, 1)
@@ -290,7 +298,7 @@ def scale_by_shampoo(
           for s, leaf in zip(step_leaves, plan.leaves)
       ])
     updates = jax.tree.map(lambda s, g: s.astype(g.dtype), step, updates)
-    mu, nu = moments.store(mu, nu, state.mu, state.nu)
+    mu, nu = moments.store(mu, nu, state.mu, state.nu, count)
     return updates, ShampooState(count, mu, nu, *groups)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

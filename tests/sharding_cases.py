@@ -148,6 +148,40 @@ def case_soap_equivalence():
   return results
 
 
+def case_compact_state():
+  """int8 state (int8 first moments, int16 statistics) sharded: the first
+  moments' values shard like the parameters and their row scales like the
+  parameters without the last axis, before and after updates; no retrace; the
+  result equals one device's: stochastic rounding draws its bits with JAX's
+  partitionable threefry, which gives the same bits whatever the sharding, so
+  the runs differ by float32 reduction order only."""
+  hp = dict(HP, statistics_dtype="int8")
+  ref, _, _, _ = train(shampoo_optax.shampoo(0.05, **hp), make_params(), 6)
+  ref32, _, _, _ = train(shampoo_optax.shampoo(0.05, **HP), make_params(), 6)
+  results = {}
+  for axis_type in (AxisType.Explicit, AxisType.Auto):
+    mesh = jax.make_mesh((4, 2), ("data", "model"), axis_types=(axis_type,) * 2)
+    with jax.set_mesh(mesh):
+      params = {k: jax.device_put(v, NamedSharding(mesh, param_spec(k, v.shape, mesh, "fsdp")))
+                for k, v in make_params().items()}
+      tx = shampoo_optax.shampoo(0.05, mesh=mesh, block_axis="data", **hp)
+      out, state, traces, changed = train(tx, params, 6, mesh, "data")
+    assert traces == 1 and not changed, (axis_type, traces, changed)
+    for k, m in state[0].mu.items():
+      spec = tuple(params[k].sharding.spec) + (None,) * params[k].ndim
+      if params[k].ndim >= 2:
+        assert m.values.dtype == jnp.int8 and m.values.sharding.is_equivalent_to(
+            params[k].sharding, m.values.ndim), (k, m.values.sharding)
+        want = NamedSharding(mesh, P(*spec[: params[k].ndim - 1], None))
+        assert m.scales.sharding.is_equivalent_to(want, m.scales.ndim), (k, m.scales.sharding)
+    err = max(float(jnp.max(jnp.abs(out[k] - ref[k]))) for k in out)
+    # For scale: how far the int8 run is from the float32 one.
+    gap = max(float(jnp.max(jnp.abs(ref32[k] - ref[k]))) for k in out)
+    assert err <= 1e-4 and err <= 0.1 * gap, (axis_type, err, gap)
+    results[axis_type.name] = {"err": err, "int8_vs_float32": gap}
+  return results
+
+
 def case_many_roots_per_device():
   """Several roots per device per step on 8 CPU devices: must not deadlock.
 

@@ -77,9 +77,9 @@ def test_state_memory_targets(rng):
   int8 = state_bytes(shampoo_optax.shampoo(1e-3, statistics_dtype="int8"), params)
   assert f32 <= 2.5 * adamw, f32 / adamw
   assert bf16 <= 0.65 * f32, bf16 / f32
-  # Issue 7 asked for int8 <= 0.4x; statistics need 16 bits (see
-  # shampoo_optax/quantization.py), which puts int8 at 0.45x here.
-  assert int8 <= 0.46 * f32, int8 / f32
+  # int8: 16-bit statistics (see shampoo_optax/quantization.py), int8 roots
+  # and first moment, bfloat16 second moment: 0.394x here.
+  assert int8 <= 0.4 * f32, int8 / f32
 
 
 def ill_conditioned(rng, shape):
@@ -113,13 +113,21 @@ def test_compact_statistics_stay_close_to_float32(rng, dtype):
   # Quantized statistics are slightly indefinite; without the rounding-noise
   # ridge some of these roots are rejected.
   assert all(int(f.sum()) == 0 for f in state.root_failures)
+  # int8 also stores the first moment in 8 bits (measured: 0.025 on "w"; bfloat16 0.006).
+  tolerance = {"bfloat16": 0.02, "int8": 0.04}[dtype]
   for k in shapes:
     rel = np.linalg.norm(compact[k] - reference[k]) / np.linalg.norm(reference[k])
-    assert rel < 0.02, (k, rel)
+    assert rel < tolerance, (k, rel)
   assert all(quantization.stored_dtype(s) == "int16" for s in state.stats)
   assert all(quantization.stored_dtype(r) == dtype for r in state.roots)
   if dtype == "int8":
-    assert all(m.dtype == jnp.bfloat16 for m in jax.tree.leaves(state.mu))
+    for k, m in state.mu.items():
+      if len(shapes[k]) >= 2:
+        assert isinstance(m, quantization.QuantizedArray), k
+        assert m.values.dtype == jnp.int8 and m.values.shape == shapes[k]
+        assert m.scales.dtype == jnp.float32 and m.scales.shape == shapes[k][:-1] + (1,)
+      else:
+        assert m.dtype == jnp.bfloat16, k
   assert all(n.dtype == jnp.bfloat16 for n in jax.tree.leaves(state.nu))
 
 
@@ -141,3 +149,46 @@ def test_rounding_noise_bounds_the_storage_error(rng):
 def test_unknown_statistics_dtype():
   with pytest.raises(ValueError, match="statistics_dtype"):
     shampoo_optax.shampoo(1e-3, statistics_dtype="float16")
+
+
+def test_quantize_rows_round_trip_and_unbiased(rng):
+  # Rows of very different magnitudes, one all zero.
+  x = rng.standard_normal((6, 40)) * np.logspace(-6, 3, 6)[:, None]
+  x[2] = 0
+  x = jnp.asarray(x, jnp.float32)
+  q = quantization.quantize_rows(x)
+  assert q.values.dtype == jnp.int8 and q.values.shape == x.shape
+  assert q.scales.shape == (6, 1)
+  scale = np.asarray(q.scales)
+  error = np.abs(np.asarray(quantization.dequantize_rows(q)) - np.asarray(x))
+  assert np.all(error <= 0.5 * scale * (1 + 1e-5)), (error / np.maximum(scale, 1e-30)).max()
+  assert np.all(np.asarray(quantization.dequantize_rows(q))[2] == 0)
+  # Stochastic rounding: within one step of the grid, and right on average.
+  draws = jax.vmap(lambda k: quantization.dequantize_rows(quantization.quantize_rows(x, k)))(
+      jax.random.split(jax.random.key(0), 2000))
+  assert np.all(np.abs(np.asarray(draws) - np.asarray(x)) <= scale * (1 + 1e-5))
+  bias = np.abs(np.asarray(draws).mean(0) - np.asarray(x))
+  assert np.all(bias <= 0.1 * scale), (bias / np.maximum(scale, 1e-30)).max()
+
+
+def test_int8_first_moment_keeps_small_entries():
+  """A constant gradient whose entries are far below their row's largest: the
+  stochastically rounded int8 first moment converges to it; rounded to nearest
+  it would stay at zero (checked here too, so that the test can fail)."""
+  g = np.full((4, 512), 1e-3, np.float32)
+  g[:, 0] = 1.0  # the row's largest: one int8 step is 1/127
+  params = {"w": jnp.zeros(g.shape)}
+  tx = shampoo_optax.scale_by_shampoo(statistics_dtype="int8", start_preconditioning_step=1000,
+                                      precondition_every=1000, b1=0.9)
+  state, update = tx.init(params), jax.jit(tx.update)
+  means, nearest = [], quantization.quantize_rows(jnp.zeros(g.shape))
+  for t in range(80):
+    _, state = update({"w": jnp.asarray(g)}, state)
+    m = np.asarray(quantization.dequantize_rows(state.mu["w"]))
+    if t >= 40:
+      means.append(m[:, 1:].mean())
+    nearest = quantization.quantize_rows(
+        0.9 * quantization.dequantize_rows(nearest) + 0.1 * jnp.asarray(g))
+  assert abs(np.mean(means) - 1e-3) < 1e-4, np.mean(means)
+  assert np.all(np.asarray(quantization.dequantize_rows(nearest))[:, 1:] == 0)
+  assert np.allclose(m[:, 0], 1.0, rtol=1e-2)

@@ -46,6 +46,11 @@ def test_sharded_soap_equals_single_device():
   assert max(errors.values()) <= 1e-4, errors
 
 
+def test_sharded_compact_state():
+  results = run_case("compact_state")
+  assert set(results) == {"Explicit", "Auto"}, results
+
+
 def test_many_roots_per_device_do_not_deadlock():
   assert run_case("many_roots_per_device", timeout=300) == {"eigh": True, "newton": True}
 

@@ -29,7 +29,8 @@ def test_identity_basis_is_adam(rng):
 
 def numpy_soap(grads_seq, b1, b2, eps, lr):
   """One (m, n) matrix, one block; after each step its bases are recomputed
-  (eigh) from the statistics so far, for the next step, as SOAP does."""
+  (eigh) from the statistics so far, for the next step, as SOAP does, and the
+  second moment is carried into them."""
   out = []
   g0 = np.asarray(grads_seq[0], np.float64)
   m, v = np.zeros_like(g0), np.zeros_like(g0)
@@ -43,7 +44,10 @@ def numpy_soap(grads_seq, b1, b2, eps, lr):
     v = b2 * v + (1 - b2) * (ql.T @ g @ qr) ** 2
     step = (ql.T @ m @ qr) / (1 - b1**t) / (np.sqrt(v / (1 - b2**t)) + eps)
     out.append(-lr * ql @ step @ qr.T)
-    ql, qr = np.linalg.eigh(left)[1], np.linalg.eigh(right)[1]
+    new_l, new_r = np.linalg.eigh(left)[1], np.linalg.eigh(right)[1]
+    # The second moment carried into the new bases (uncorrelated old coordinates).
+    v = (new_l.T @ ql) ** 2 @ v @ ((new_r.T @ qr) ** 2).T
+    ql, qr = new_l, new_r
   return out
 
 
@@ -115,3 +119,56 @@ def test_invalid_arguments():
     shampoo_optax.soap(1e-3, basis_method="svd")
   with pytest.raises(ValueError):
     shampoo_optax.soap(1e-3, b2=1.0)
+
+
+@pytest.mark.parametrize("stagger", [True, False])
+def test_second_moment_carried_into_refreshed_bases_only(rng, stagger):
+  """The gather/scatter of the refreshed blocks' second moments against a
+  plain loop over every block: blocks whose basis is due and changed get
+  ``(P * P) v`` along that axis (``P = Q_new^T Q_old``), all others keep ``v``
+  exactly."""
+  import importlib  # noqa: PLC0415
+
+  from shampoo_optax import blocking, statistics  # noqa: PLC0415
+
+  soap = importlib.import_module("shampoo_optax.soap")  # the module, not the alias
+
+  leaves = [jnp.zeros(s) for s in [(12, 8), (8, 8), (3, 8, 4), (20, 6)]]
+  plan = blocking.Layout(4, 4, 4096, pad_slots=False).plan(leaves)
+  schedule = statistics.Schedule(every=3, start=0, stagger=stagger)
+  codec = quantization.Codec(symmetric=False)
+
+  def orthogonal(n, d):
+    return np.linalg.qr(rng.standard_normal((n, d, d)))[0]
+
+  old, new = [], []
+  for g in plan.groups:
+    q_old = orthogonal(g.padded_size, g.dim)
+    q_new = np.where(rng.uniform(size=(g.padded_size, 1, 1)) < 0.7,
+                     orthogonal(g.padded_size, g.dim), q_old)
+    old.append(codec.encode(jnp.asarray(q_old, jnp.float32)))
+    new.append(codec.encode(jnp.asarray(q_new, jnp.float32)))
+  nu = [jnp.asarray(rng.uniform(size=x.shape), jnp.float32) for x in leaves]
+  stacks = blocking.to_stacks(plan, nu, jnp.float32)
+  carried = kept = 0
+  for count in range(1, 5):
+    got = soap._carry_second_moment(plan, stacks, tuple(old), tuple(new), jnp.asarray(count),
+                                    schedule, codec)
+    for stack, before, after in zip(plan.stacks, stacks, got):
+      want = np.array(before)
+      for axis, group, offset in stack.statistics:
+        rows, due = statistics.due_rows(schedule, jnp.asarray(count),
+                                        plan.groups[group].padded_size)
+        due_rows = {int(r) for r, d in zip(rows, due) if d}
+        q_old = np.asarray(codec.decode(old[group], plan.groups[group].dim), np.float64)
+        q_new = np.asarray(codec.decode(new[group], plan.groups[group].dim), np.float64)
+        for z in range(stack.size):
+          r = offset + z
+          if r in due_rows and not np.array_equal(q_old[r], q_new[r]):
+            p2 = (q_new[r].T @ q_old[r]) ** 2
+            want[z] = np.moveaxis(np.tensordot(p2, want[z], axes=([1], [axis])), 0, axis)
+      np.testing.assert_allclose(np.asarray(after), want, rtol=1e-5, atol=1e-6)
+      moved = np.any(np.asarray(after) != np.asarray(before), axis=tuple(range(1, want.ndim)))
+      carried += int(moved.sum())
+      kept += int((~moved).sum())
+  assert carried > 0 and kept > 0, (carried, kept)  # both cases were exercised

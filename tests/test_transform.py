@@ -226,6 +226,7 @@ def test_zero_gradients_give_finite_updates():
         dict(b1=-0.1), dict(b1=1.0), dict(b2=1.5), dict(b2=-0.5), dict(eps=-1e-8),
         dict(matrix_eps=-1.0), dict(graft="lion"), dict(root_method="svd"),
         dict(exponent_override=0), dict(max_root_error=0.0), dict(b1=float("nan")),
+        dict(mu_dtype="int32"), dict(statistics_dtype="float16"),
     ],
 )
 def test_invalid_hyperparameters(kwargs):
@@ -233,8 +234,9 @@ def test_invalid_hyperparameters(kwargs):
     shampoo_optax.shampoo(1e-3, **kwargs)
 
 
-def test_mismatched_tree_names_the_leaf(rng):
-  tx = shampoo_optax.shampoo(1e-3)
+@pytest.mark.parametrize("mu_dtype", [None, "int8"])
+def test_mismatched_tree_names_the_leaf(rng, mu_dtype):
+  tx = shampoo_optax.shampoo(1e-3, mu_dtype=mu_dtype)
   state = tx.init({"a": jnp.ones((3, 3)), "b": {"c": jnp.ones(2)}})
   with pytest.raises(ValueError, match=r"\['b'\]\['c'\]"):
     tx.update({"a": jnp.ones((3, 3)), "b": {"d": jnp.ones(2)}}, state)
