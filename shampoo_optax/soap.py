@@ -93,9 +93,9 @@ def scale_by_soap(
   new basis (``v <- (P * P) v`` along each refreshed axis, ``P = Q_new^T
   Q_old``): exact when the old coordinates were uncorrelated, and it keeps
   ``v`` matched to its directions when eigenvectors reorder or rotate within
-  clusters of close eigenvalues. On the LM benchmark (seed 0) it kept SOAP
-  from diverging at 4e-3 (1.730 against 1.855 without it) at the same loss
-  at its best learning rate.
+  clusters of close eigenvalues. On the LM benchmark (seed 0, b2 0.95) SOAP at
+  4e-3 reached 1.730 with it against 1.855 without it, and the same loss at
+  its best learning rate.
 
   Args:
     block_size: largest side of a preconditioned block.
@@ -268,9 +268,10 @@ def _carry_second_moment(plan, nu_stacks, old_bases, new_bases, count, schedule,
   diagonal second moment assumes), its second moment is ``sum_i P[a, i]^2
   v_i``. Without this, a refresh that rotates eigenvectors within a cluster
   of close eigenvalues, or reorders them, leaves each coordinate with the
-  second moment of another direction (measured: SOAP diverged at 4/3 of its
-  best learning rate; with it, it does not). Only the rows refreshed at this
-  step are touched (``1/precondition_every`` of them when staggered).
+  second moment of another direction (measured on the LM benchmark: without
+  it SOAP lost 0.13 nats at 4/3 of its best learning rate; with it, nothing).
+  Only the rows refreshed at this step are touched (``1/precondition_every``
+  of them when staggered).
   """
   if not schedule.stagger:  # everything is refreshed on the same steps
     due = statistics.due_rows(schedule, count, 1)[1][0]
