@@ -160,8 +160,7 @@ def _refresh_group(stats, factors, errors, failures, count, row_offset, *, dim, 
   update = functools.partial(_update_rows, dim=dim, exponent=exponent, count=count,
                              compute=compute, codec=codec, factor_codec=factor_codec)
   rows, due = due_rows(schedule, count, n, row_offset)  # rows past n: dropped
-  any_due = (count >= schedule.first_step()) if schedule.stagger else due[0]
-  return jax.lax.cond(any_due, update, _keep, stats, factors, errors, failures, rows)
+  return jax.lax.cond(jnp.any(due), update, _keep, stats, factors, errors, failures, rows)
 
 
 def _keep(stats, factors, errors, failures, rows):

@@ -174,19 +174,6 @@ def test_second_moment_carried_into_refreshed_bases_only(rng, stagger):
   assert carried > 0 and kept > 0, (carried, kept)  # both cases were exercised
 
 
-def test_inject_hyperparams_matches(rng):
-  params = random_tree(rng, SHAPES)
-  grads_seq = [random_tree(rng, SHAPES) for _ in range(5)]
-  kwargs = dict(block_size=4, precondition_every=2, b1=0.9, b2=0.9, weight_decay=1e-2)
-  injected = optax.inject_hyperparams(
-      shampoo_optax.soap, static_args=shampoo_optax.SOAP_STATIC_ARGS)(learning_rate=0.01, **kwargs)
-  a, state = run_updates(injected, params, grads_seq)
-  b, _ = run_updates(shampoo_optax.soap(0.01, **kwargs), params, grads_seq)
-  for x, y in zip(a, b):
-    assert_trees_close(x, y, rtol=1e-6, atol=1e-7)
-  assert float(state.hyperparams["b2"]) == pytest.approx(0.9)
-
-
 def test_carried_second_moment_keeps_small_values():
   """A refresh that swaps two eigenvectors swaps their second moments, exactly,
   even when one is 1e-12 of the other (a cancellation there would leave a zero

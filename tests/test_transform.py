@@ -268,19 +268,23 @@ def test_nan_step_under_apply_if_finite_keeps_state_usable(rng):
 # --- Working with optax, dtypes, compilation -------------------------------
 
 
-def test_inject_hyperparams_matches(rng):
+@pytest.mark.parametrize("alias, static_args", [
+    (shampoo_optax.shampoo, shampoo_optax.STATIC_ARGS),
+    (shampoo_optax.soap, shampoo_optax.SOAP_STATIC_ARGS),
+])
+def test_inject_hyperparams_matches(rng, alias, static_args):
   params = random_tree(rng)
   grads_seq = [random_tree(rng) for _ in range(5)]
   kwargs = dict(block_size=4, precondition_every=2, start_preconditioning_step=1, b1=0.9,
-                weight_decay=1e-2)
-  injected = optax.inject_hyperparams(
-      shampoo_optax.shampoo, static_args=shampoo_optax.STATIC_ARGS
-  )(learning_rate=0.01, **kwargs)
+                b2=0.9, weight_decay=1e-2)
+  injected = optax.inject_hyperparams(alias, static_args=static_args)(
+      learning_rate=0.01, **kwargs)
   a, state = run_updates(injected, params, grads_seq)
-  b, _ = run_updates(shampoo_optax.shampoo(0.01, **kwargs), params, grads_seq)
+  b, _ = run_updates(alias(0.01, **kwargs), params, grads_seq)
   for x, y in zip(a, b):
     assert_trees_close(x, y, rtol=1e-6, atol=1e-7)
   assert float(state.hyperparams["learning_rate"]) == pytest.approx(0.01)
+  assert float(state.hyperparams["b2"]) == pytest.approx(0.9)
 
 
 def test_inject_hyperparams_without_static_args_says_what_to_do():
