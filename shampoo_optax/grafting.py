@@ -144,7 +144,7 @@ class MomentDtypes:
       mu = jax.tree.map(lambda g, m: _decode(m, g.dtype), grads, mu)
     else:
       mu = optax.tree.cast_like(mu, grads)
-    return mu, optax.tree.cast_like(nu, grads) if nu else ()
+    return mu, optax.tree.cast_like(nu, grads) if self.keeps_nu else ()
 
   def store(self, mu, nu, old_mu, old_nu, count: jax.Array):
     """The moments in their stored form; ``count`` seeds stochastic rounding."""
@@ -155,7 +155,7 @@ class MomentDtypes:
           self._encode(m, m, jax.random.fold_in(key, i)) for i, m in enumerate(leaves)])
     else:
       mu = optax.tree.cast_like(mu, old_mu)
-    return mu, optax.tree.cast_like(nu, old_nu) if nu else ()
+    return mu, optax.tree.cast_like(nu, old_nu) if self.keeps_nu else ()
 
   @staticmethod
   def _encode(x, like, key):

@@ -203,7 +203,7 @@ def state_shardings(
         if name == "count":
           fields[name] = replicated
         elif name in ("mu", "nu"):
-          fields[name] = () if value == () else jax.tree.map(_moment_sharding, like_params, value)
+          fields[name] = () if isinstance(value, tuple) and not value else jax.tree.map(_moment_sharding, like_params, value)
         else:
           fields[name] = jax.tree.map(lambda _: blocks, value)
       return type(node)(**fields)

@@ -173,7 +173,7 @@ def scale_by_soap(
     plan = layout.plan(jax.tree.leaves(params))
     mu, nu = moments.init(params)
     return SoapState(jnp.zeros([], jnp.int32), mu, nu,
-                     *statistics.init_groups(plan, codec, basis_codec, block_sharding))
+                     *statistics.init_groups(plan, codec, basis_codec, block_sharding, params))
 
   def update_fn(updates, state, params=None, **extra_args):
     del params, extra_args

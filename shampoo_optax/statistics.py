@@ -45,9 +45,23 @@ class Schedule:
     return max(1, self.start - self.every + 1)
 
 
+# What init puts in each per-group field when it is handed optax.tree.map_params'
+# stand-in for the parameters (a pytree without leaves or shapes, so no plan):
+# a leaf, which map_params matches with the whole field of the real state and
+# treats as a non-parameter part.
+STAND_IN_GROUPS = "statistics groups"
+
+
+def is_params_stand_in(params) -> bool:
+  """Whether ``params`` is the leafless stand-in of ``optax.tree.map_params``."""
+  return not jax.tree.leaves(params) and type(params).__name__ == "_ParamsPlaceholder"
+
+
 def init_groups(plan: blocking.Plan, codec: quantization.Codec,
-                factor_codec: quantization.Codec, block_sharding) -> tuple:
+                factor_codec: quantization.Codec, block_sharding, params=None) -> tuple:
   """Per group: zero statistics, identity factors, zero errors and failures."""
+  if is_params_stand_in(params):
+    return (STAND_IN_GROUPS,) * 4
   place = lambda tree: jax.tree.map(block_sharding.place, tree)  # noqa: E731
   groups = plan.groups
   return (

@@ -267,7 +267,7 @@ def scale_by_shampoo(
     plan = layout.plan(jax.tree.leaves(params))
     mu, nu = moments.init(params)
     return ShampooState(jnp.zeros([], jnp.int32), mu, nu,
-                        *statistics.init_groups(plan, codec, root_codec, block_sharding))
+                        *statistics.init_groups(plan, codec, root_codec, block_sharding, params))
 
   def update_fn(updates, state, params=None, **extra_args):
     del params, extra_args
