@@ -11,7 +11,7 @@ from shampoo_optax.soap import STATIC_ARGS as SOAP_STATIC_ARGS
 from shampoo_optax.soap import SoapState, scale_by_soap
 from shampoo_optax.transform import STATIC_ARGS, ShampooState, scale_by_shampoo
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = (
     "SOAP_STATIC_ARGS",

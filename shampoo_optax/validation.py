@@ -12,15 +12,20 @@ import jax.numpy as jnp
 
 
 def validate_layout(*, block_size, precondition_every, start_preconditioning_step,
-                    skip_preconditioning_dim_size_gt, max_merged_dim, exponent_override=None):
-  """The static, shape-setting integers shared by Shampoo and SOAP."""
+                    skip_preconditioning_dim_size_gt, max_merged_dim, exponent_override=None,
+                    static_args_name="STATIC_ARGS"):
+  """The static, shape-setting integers shared by Shampoo and SOAP.
+
+  ``static_args_name``: the ``shampoo_optax`` tuple that an error about an
+  array argument names (``"SOAP_STATIC_ARGS"`` for SOAP).
+  """
   for name, value in (("block_size", block_size), ("precondition_every", precondition_every),
                       ("skip_preconditioning_dim_size_gt", skip_preconditioning_dim_size_gt)):
-    validate_int(name, value, 1)
-  validate_int("start_preconditioning_step", start_preconditioning_step, 0)
+    validate_int(name, value, 1, static_args_name)
+  validate_int("start_preconditioning_step", start_preconditioning_step, 0, static_args_name)
   for name, value in (("exponent_override", exponent_override), ("max_merged_dim", max_merged_dim)):
     if value is not None:
-      validate_int(name, value, 1)
+      validate_int(name, value, 1, static_args_name)
 
 
 def validate_choice(name, value, choices):
@@ -28,14 +33,35 @@ def validate_choice(name, value, choices):
     raise ValueError(f"{name} must be one of {choices}, got {value!r}")
 
 
-def validate_int(name, value, minimum):
+def _static_error(name, static_args_name):
+  return ValueError(
+      f"{name} sets shapes and must be a Python value, got an array; with "
+      f"optax.inject_hyperparams pass static_args=shampoo_optax.{static_args_name}"
+  )
+
+
+def validate_int(name, value, minimum, static_args_name="STATIC_ARGS"):
   if isinstance(value, (jax.Array, jax.core.Tracer)):
-    raise ValueError(
-        f"{name} sets shapes and must be a Python int, got an array; with "
-        "optax.inject_hyperparams pass static_args=shampoo_optax.STATIC_ARGS"
-    )
+    raise _static_error(name, static_args_name)
   if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
     raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def check_static_args(kwargs, static_args, static_args_name):
+  """Raises if an argument named in ``static_args`` is an array (as
+  ``optax.inject_hyperparams`` makes every number it is not told is static)."""
+  for name in static_args:
+    if isinstance(kwargs.get(name), (jax.Array, jax.core.Tracer)):
+      raise _static_error(name, static_args_name)
+
+
+def canonical_exponent_override(exponent_override, static_args_name="STATIC_ARGS"):
+  """``None`` for the paper's exponent, spelled ``None`` or ``0`` (as in Google's
+  ``distributed_shampoo``); otherwise the integer ``p >= 1`` itself."""
+  if exponent_override is None:
+    return None
+  validate_int("exponent_override", exponent_override, 0, static_args_name)
+  return exponent_override or None
 
 
 def validate_number(name, value, lower, upper, *, lower_open=False, upper_open=False):
@@ -62,7 +88,7 @@ def check_float_leaves(tree, what):
     if not jnp.issubdtype(jnp.result_type(leaf), jnp.floating):
       raise TypeError(
           f"{what}{jax.tree_util.keystr(path)} has dtype {jnp.result_type(leaf)}; "
-          "Shampoo needs real floating-point parameters and gradients"
+          "shampoo_optax's optimizers need real floating-point parameters and gradients"
       )
 
 

@@ -225,7 +225,7 @@ def test_zero_gradients_give_finite_updates():
         dict(precondition_every=0), dict(start_preconditioning_step=-1),
         dict(b1=-0.1), dict(b1=1.0), dict(b2=1.5), dict(b2=-0.5), dict(eps=-1e-8),
         dict(matrix_eps=-1.0), dict(graft="lion"), dict(root_method="svd"),
-        dict(exponent_override=0), dict(max_root_error=0.0), dict(b1=float("nan")),
+        dict(exponent_override=-1), dict(max_root_error=0.0), dict(b1=float("nan")),
         dict(mu_dtype="int32"), dict(statistics_dtype="float16"),
     ],
 )
@@ -308,7 +308,7 @@ def test_weight_decay_is_decoupled_and_masked(rng):
   params = random_tree(rng)
   grads = jax.tree.map(jnp.zeros_like, params)
   mask = {k: k != "b" for k in params}
-  tx = shampoo_optax.shampoo(0.1, weight_decay=0.5, weight_decay_mask=mask)
+  tx = shampoo_optax.shampoo(0.1, weight_decay=0.5, mask=mask)
   (updates,), _ = run_updates(tx, params, [grads])
   for k in params:
     want = 0.0 if k == "b" else -0.1 * 0.5 * params[k]
