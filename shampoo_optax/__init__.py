@@ -4,12 +4,12 @@
 
 from shampoo_optax import sharding
 from shampoo_optax.alias import shampoo, soap
+from shampoo_optax.checkpointing import abstract_state, state_shardings
 from shampoo_optax.diagnostics import diagnostics
 from shampoo_optax.matrix_functions import matrix_inverse_pth_root
-from shampoo_optax.sharding import abstract_state, state_shardings
-from shampoo_optax.soap import STATIC_ARGS as SOAP_STATIC_ARGS
-from shampoo_optax.soap import SoapState, scale_by_soap
-from shampoo_optax.transform import STATIC_ARGS, ShampooState, scale_by_shampoo
+from shampoo_optax.shampoo_transform import STATIC_ARGS, ShampooState, scale_by_shampoo
+from shampoo_optax.soap_transform import STATIC_ARGS as SOAP_STATIC_ARGS
+from shampoo_optax.soap_transform import SoapState, scale_by_soap
 
 __version__ = "0.2.0"
 

@@ -14,8 +14,9 @@ from typing import Any
 import jax
 import optax
 
-from shampoo_optax import soap as soap_lib
-from shampoo_optax import transform, validation
+from shampoo_optax import shampoo_transform as transform
+from shampoo_optax import soap_transform as soap_lib
+from shampoo_optax import validation
 
 MaskOrFn = Any | Callable[[optax.Params], Any] | None
 

@@ -16,15 +16,24 @@ hashable, cached, never traced and never stored in the optimizer state):
    with a smaller block for the remainder.
 3. Blocks of equal shape, from any parameter, are stacked: one array
    ``[num_blocks, *block_shape]`` per stack.
-4. Statistics of equal root exponent are grouped by size, rounded up to a
-   power of two (at most ``block_size``): one array ``[num_matrices, dim,
-   dim]`` per group, a ``d x d`` statistic sitting in the top-left corner of
-   its ``dim x dim`` slot, zeros elsewhere. The inverse root of that padded
-   matrix has the root of the statistic in the same corner (the padding is a
-   separate, decoupled block), so the rounding changes no result. It bounds
-   the number of groups, and each group is one batched root computation and
-   one piece of compiled code: a model compiles to a handful of them however
-   many odd remainder sizes its layers have.
+4. Each preconditioned axis of a stack has one statistic per block (a
+   "factor matrix" in Meta's DistributedShampoo's words): one array
+   ``[rows, d, d]`` per (stack, axis), exactly the size of its blocks, so the
+   per-step work (accumulating statistics, applying roots) reads and writes
+   each array whole, with no slicing, padding or gathering. ``rows`` is the
+   number of blocks rounded up to a multiple of ``2 x`` the number of devices
+   the block axis is split over (pairs of symmetric matrices share storage,
+   see ``quantization.py``).
+5. For the refresh only, factor matrices of equal root exponent are grouped by
+   size rounded up to a power of two (at most ``block_size``): a ``d x d``
+   statistic sits in the top-left corner of its ``dim x dim`` slot, zeros
+   elsewhere. The inverse root of that padded matrix has the root of the
+   statistic in the same corner (the padding is a separate, decoupled block),
+   so the rounding changes no result. It bounds the number of groups, and each
+   group is one batched root computation and one piece of compiled code: a
+   model compiles to a handful of them however many odd remainder sizes its
+   layers have. Within a group, factor ``f``'s block ``i`` is row
+   ``offset_f + i``: the row the staggered refresh schedule counts by.
 """
 
 from __future__ import annotations
@@ -81,20 +90,31 @@ class Stack:
   # blocks for every leaf of the class, leaf after leaf.
   members: tuple[tuple[int, int], ...]
   size: int  # total number of blocks
-  # For each preconditioned axis: (axis, group index, offset in the group).
-  # The statistic of a block of side d along the axis occupies [:d, :d] of
-  # its slot in the group, which may be larger (see group_dim).
-  statistics: tuple[tuple[int, int, int], ...]
+  # For each preconditioned axis: (axis, index of its factor in Plan.factors).
+  factors: tuple[tuple[int, int], ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Factor:
+  """The statistics of one preconditioned axis of one stack: ``[rows, dim, dim]``."""
+
+  stack: int
+  axis: int
+  dim: int
+  size: int  # number of blocks (= the stack's size)
+  rows: int  # size rounded up for storage (extra matrices stay zero)
+  group: int  # the refresh group it is computed in
+  offset: int  # its first row in the group (the refresh schedule's count)
 
 
 @dataclasses.dataclass(frozen=True)
 class Group:
-  """Statistics of one (rounded-up) size and one root exponent, stacked."""
+  """Factor matrices whose roots are computed in one batch, in slots of ``dim``."""
 
   dim: int
   exponent: int
-  size: int  # number of matrices that hold statistics
-  padded_size: int  # size rounded up for sharding (extra matrices stay zero)
+  factors: tuple[int, ...]  # indices into Plan.factors
+  size: int  # total number of blocks
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,6 +125,7 @@ class Plan:
   # model (the same layer repeated) adds no per-leaf code.
   classes: tuple[tuple[int, ...], ...]
   stacks: tuple[Stack, ...]
+  factors: tuple[Factor, ...]
   groups: tuple[Group, ...]
 
   def class_plan(self, c: int) -> LeafPlan:
@@ -267,28 +288,33 @@ def make_plan(
       key = (piece.block_shape, leaf.preconditioned, leaf.exponent)
       members.setdefault(key, []).append((c, j))
   blocks_of = lambda c, j: len(class_list[c]) * leaves[class_list[c][0]].pieces[j].num_blocks  # noqa: E731
-  # Statistic slots: (block dim, exponent) -> slot size, then groups in order
-  # of appearance of their (slot size, exponent).
+  # Statistic slots: (block dim, exponent) -> slot size; groups in order of
+  # appearance of their (slot size, exponent).
   slot = _slot_sizes(members, blocks_of, block_size, pad_slots)
+  row_multiple = 2 * shard_multiple
+  group_members: dict[tuple[int, int], list[int]] = {}
   group_sizes: dict[tuple[int, int], int] = {}
-  stacks = []
+  factors, stacks = [], []
   for (block_shape, pre, exponent), mem in members.items():
     size = sum(blocks_of(c, j) for c, j in mem)
-    statistics = []
+    stack_factors = []
     for axis, (dim, is_pre) in enumerate(zip(block_shape, pre)):
       if not is_pre:
         continue
       key = (slot[(dim, exponent)], exponent)
+      group_members.setdefault(key, [])
       offset = group_sizes.get(key, 0)
-      group_index = list(group_sizes).index(key) if key in group_sizes else len(group_sizes)
       group_sizes[key] = offset + size
-      statistics.append((axis, group_index, offset))
-    stacks.append(Stack(block_shape, pre, exponent, tuple(mem), size, tuple(statistics)))
+      group_members[key].append(len(factors))
+      stack_factors.append((axis, len(factors)))
+      factors.append(Factor(len(stacks), axis, dim, size, -(-size // row_multiple) * row_multiple,
+                            list(group_members).index(key), offset))
+    stacks.append(Stack(block_shape, pre, exponent, tuple(mem), size, tuple(stack_factors)))
   groups = tuple(
-      Group(dim, exponent, size, -(-size // shard_multiple) * shard_multiple)
+      Group(dim, exponent, tuple(group_members[(dim, exponent)]), size)
       for (dim, exponent), size in group_sizes.items()
   )
-  return Plan(leaves, class_list, tuple(stacks), groups)
+  return Plan(leaves, class_list, tuple(stacks), tuple(factors), groups)
 
 
 # ---------------------------------------------------------------------------

@@ -22,8 +22,8 @@ import numpy as np
 import optax
 
 from shampoo_optax import blocking, matrix_functions, quantization
-from shampoo_optax.soap import SoapState
-from shampoo_optax.transform import ShampooState
+from shampoo_optax.shampoo_transform import ShampooState
+from shampoo_optax.soap_transform import SoapState
 
 
 def diagnostics(
@@ -77,13 +77,13 @@ def diagnostics(
       # exponent argument says.
       None if soap else exponent_override, pad_slots=not soap,
   ).plan([leaf for _, leaf in leaves])
-  _check_layout(plan, stats)
+  codec = quantization.Codec(quantization.stored_dtype(stats[0]) if stats else "float32")
+  _check_layout(plan, stats, codec)
   named_rows = [(jax.tree_util.keystr(path), _rows_of_leaf(plan, i))
                 for i, (path, _) in enumerate(leaves)]
   named_rows = [(name, rows) for name, rows in named_rows if rows]
   values = _report(
-      stats, errors, failures, dims=tuple(g.dim for g in plan.groups),
-      dtype=quantization.stored_dtype(stats[0]) if stats else "float32",
+      stats, errors, failures, dims=tuple(f.dim for f in plan.factors), dtype=codec.dtype,
       leaf_rows=tuple(tuple((g, tuple(int(x) for x in r)) for g, r in rows)
                       for _, rows in named_rows))
   report = {}
@@ -100,7 +100,7 @@ def _report(stats, errors, failures, *, dims, dtype, leaf_rows):
   for dim, s in zip(dims, stats):
     lo, hi = matrix_functions.extreme_eigenvalues(codec.decode(s, dim))
     condition.append(jnp.where(lo > 0, hi / jnp.where(lo > 0, lo, 1), jnp.inf))
-  take = lambda arrays, g, r: jnp.take(arrays[g], jnp.asarray(r), axis=0)  # noqa: E731
+  take = lambda arrays, f, r: jnp.take(arrays[f], jnp.asarray(r), axis=0)  # noqa: E731
   return [
       (jnp.max(jnp.stack([jnp.max(take(errors, g, r)) for g, r in rows])),
        jnp.sum(jnp.stack([jnp.sum(take(failures, g, r)) for g, r in rows])),
@@ -120,22 +120,24 @@ def _is_state(x) -> bool:
   return isinstance(x, (ShampooState, SoapState))
 
 
-def _check_layout(plan, stats):
-  got = [(quantization.num_matrices(s), jax.tree.leaves(s)[0].shape[1]) for s in stats]
-  want = [(g.padded_size, quantization.packed_size(g.dim)) for g in plan.groups]
+def _check_layout(plan, stats, codec):
+  got = [(codec.num_matrices(s), jax.tree.leaves(s)[0].shape[1]) for s in stats]
+  want = [(f.rows, f.dim) for f in plan.factors]
+  if codec.dtype != "float32":  # packed upper triangles
+    want = [(n, quantization.packed_size(d)) for n, d in want]
   if len(got) != len(want) or any(
       n < w_n or m != w_m for (n, m), (w_n, w_m) in zip(got, want)):
     raise ValueError(
         "The layout arguments do not match the optimizer state: pass diagnostics() the "
         "block_size, max_merged_dim, skip_preconditioning_dim_size_gt and exponent_override "
-        f"the optimizer was built with (state groups {got}, these arguments give {want})"
+        f"the optimizer was built with (state factors {got}, these arguments give {want})"
     )
 
 
 def _rows_of_leaf(plan: blocking.Plan, leaf: int) -> list[tuple[int, np.ndarray]]:
-  """(group, rows) holding the statistics of one parameter's blocks."""
+  """(factor, rows) holding the statistics of one parameter's blocks."""
   out = []
   for stack_index, first, count in plan.block_location(leaf):
-    for _, group, offset in plan.stacks[stack_index].statistics:
-      out.append((group, offset + first + np.arange(count)))
+    for _, factor in plan.stacks[stack_index].factors:
+      out.append((factor, first + np.arange(count)))
   return out

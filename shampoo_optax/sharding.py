@@ -10,6 +10,9 @@ under ``jax.shard_map``. Everything else (cutting gradients into blocks,
 putting the preconditioned blocks back into the parameters' layout and
 shardings) is left to XLA's sharding propagation.
 
+The shardings of a whole optimizer state (for ``jax.jit``'s out_shardings and
+orbax restore targets) are in ``checkpointing.py``.
+
 Both mesh axis types work. With ``Explicit`` axes (``jax.make_mesh``'s default)
 the block-layout code runs under ``jax.sharding.auto_axes``, since it reshapes
 sharded arrays in ways whose output sharding only the compiler can choose.
@@ -23,10 +26,8 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
-import optax
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
-from shampoo_optax import quantization
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,16 +70,17 @@ class BlockSharding:
     return constrain(x, self.mesh, self.spec)
 
   def map_blocks(self, f: Callable, blocked: tuple, replicated: tuple) -> Any:
-    """f(*blocked, *replicated, row_offset), each device on its own rows.
+    """f(*blocked, *replicated, device), each device on its own rows.
 
-    ``row_offset`` is the global index of the first of the device's rows.
+    ``device`` is the index of the device along the block axis (0 without a
+    mesh): its rows of an array of ``n`` local rows start at global row
+    ``device * n``.
     """
     if self.size == 1:
       return f(*blocked, *replicated, 0)
 
     def local(*args):
-      rows = jax.tree.leaves(args[0])[0].shape[0]
-      return f(*args, jax.lax.axis_index(self.axes) * rows)
+      return f(*args, jax.lax.axis_index(self.axes))
 
     in_specs = (self.spec,) * len(blocked) + (PartitionSpec(),) * len(replicated)
     # check_vma=False: f is purely per device (no collectives), and its loops
@@ -140,144 +142,3 @@ def spec_of(x) -> PartitionSpec:
   sharding = getattr(jax.typeof(x), "sharding", None)
   spec = getattr(sharding, "spec", None)
   return PartitionSpec() if spec is None else spec
-
-
-def state_shardings(
-    tx: optax.GradientTransformation,
-    params: optax.Params,
-    mesh: Mesh,
-    block_axis: str | tuple[str, ...] | None = None,
-) -> Any:
-  r"""The shardings of ``tx``'s state for ``params``, as a tree of NamedSharding.
-
-  Use them as ``out_shardings`` of ``jax.jit(tx.init)``, or with orbax to
-  restore a checkpoint onto a mesh: first moments and every other
-  parameter-shaped part of the state follow the parameters' shardings (taken
-  from ``params``' leaves, arrays or ``jax.ShapeDtypeStruct``\ s with a
-  sharding; replicated where a leaf has none), Shampoo's statistics and roots
-  are split over ``block_axis`` (pass the same value as to ``shampoo``), and
-  everything else is replicated.
-
-  Args:
-    tx: the optimizer, e.g. ``shampoo_optax.shampoo(..., mesh=mesh,
-      block_axis="data")`` or any chain containing ``scale_by_shampoo``.
-    params: the parameters, or ``jax.ShapeDtypeStruct``\ s of them.
-    mesh: the mesh the state will live on (may differ from the one it was
-      saved from).
-    block_axis: the mesh axis (or axes) the statistics are split over.
-
-  Returns:
-    A tree with the structure of ``tx.init(params)`` and a ``NamedSharding``
-    at each leaf.
-  """
-  from shampoo_optax.soap import SoapState  # noqa: PLC0415  (import cycle)
-  from shampoo_optax.transform import ShampooState  # noqa: PLC0415
-
-  replicated = NamedSharding(mesh, PartitionSpec())
-  blocks = NamedSharding(mesh, BlockSharding.create(mesh, block_axis).spec)
-
-  def param_sharding(p):
-    sharding = getattr(p, "sharding", None)
-    if isinstance(sharding, NamedSharding):
-      return NamedSharding(mesh, sharding.spec)
-    return replicated
-
-  like_params = jax.tree.map(param_sharding, params)
-  params_def = jax.tree.structure(params)
-  shapes = [jax.numpy.shape(p) for p in jax.tree.leaves(params)]
-
-  def is_params_like(node):
-    if jax.tree.structure(node) != params_def:
-      return False
-    return [getattr(x, "shape", None) for x in jax.tree.leaves(node)] == shapes
-
-  def is_state(node):
-    return isinstance(node, (ShampooState, SoapState))
-
-  def assign(node):
-    if is_state(node):
-      # count: replicated; mu, nu: like the parameters; every per-group field
-      # (statistics, roots or bases, errors, failures): split over the blocks.
-      fields = {}
-      for name, value in node._asdict().items():
-        if name == "count":
-          fields[name] = replicated
-        elif name in ("mu", "nu"):
-          fields[name] = () if isinstance(value, tuple) and not value else jax.tree.map(_moment_sharding, like_params, value)
-        else:
-          fields[name] = jax.tree.map(lambda _: blocks, value)
-      return type(node)(**fields)
-    if is_params_like(node):
-      return like_params
-    return replicated
-
-  # Parameter-shaped parts of other transforms (optax.MultiSteps' gradient
-  # accumulator, a chained Adam's moments) are found by tree structure and
-  # leaf shapes, as optax.tree_map_params would; it cannot be used directly
-  # because the number of Shampoo's statistic groups depends on the shapes.
-  return jax.tree.map(
-      assign, jax.eval_shape(tx.init, params),
-      is_leaf=lambda n: is_state(n) or is_params_like(n),
-  )
-
-
-def _moment_sharding(sharding: NamedSharding, moment) -> Any:
-  """A first or second moment shards like its parameter; an int8 one's row
-  scales (``shape[:-1] + (1,)``) like the parameter without its last axis."""
-  if not isinstance(moment, quantization.QuantizedArray):
-    return sharding
-  spec = tuple(sharding.spec)[: moment.values.ndim - 1]
-  return quantization.QuantizedArray(sharding, NamedSharding(sharding.mesh, PartitionSpec(*spec)))
-
-
-def abstract_state(
-    tx: optax.GradientTransformation,
-    params: optax.Params,
-    mesh: Mesh,
-    block_axis: str | tuple[str, ...] | None = None,
-    *,
-    like: Any = None,
-) -> Any:
-  """``jax.ShapeDtypeStruct``\\ s of ``tx``'s state, with shardings on ``mesh``.
-
-  The restore target for orbax. A state saved on a mesh of another size may
-  carry more padding of the statistics than one initialized on this mesh; pass
-  the checkpoint's metadata as ``like`` (any tree whose leaves, in order, have
-  ``.shape`` and ``.dtype``) to take the shapes from it. Statistics saved on
-  ``N`` devices restore onto any mesh whose block axis size divides the padded
-  size, e.g. from 8 devices onto 4, 2 or 1.
-
-  Examples:
-    >>> # meta = checkpointer.metadata(path).item_metadata.tree["opt_state"]
-    >>> # target = abstract_state(tx, params, mesh, "data", like=meta)
-    >>> # opt_state = checkpointer.restore(path, target)  # with orbax
-  """
-  shardings = state_shardings(tx, params, mesh, block_axis)
-  source = jax.eval_shape(tx.init, params) if like is None else like
-  # Match by key path with attribute, dict and sequence keys alike: orbax
-  # stores NamedTuples as dicts (sorted by field name) and tuples as lists.
-  by_path = {_plain_path(p): x for p, x in jax.tree_util.tree_flatten_with_path(source)[0]}
-
-  def target(path, sharding):
-    key = _plain_path(path)
-    if key not in by_path:
-      raise ValueError(
-          f"`like` has no leaf {jax.tree_util.keystr(path)}: it is not a checkpoint of "
-          "this optimizer's state"
-      )
-    m = by_path[key]
-    return jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding)
-
-  return jax.tree_util.tree_map_with_path(target, shardings)
-
-
-def _plain_path(path) -> tuple:
-  out = []
-  for k in path:
-    for attr in ("name", "key", "idx"):
-      if hasattr(k, attr):
-        out.append(str(getattr(k, attr)))
-        break
-    else:
-      out.append(str(k))
-  return tuple(out)

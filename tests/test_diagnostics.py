@@ -45,8 +45,8 @@ def test_failures_are_reported_for_the_parameter(rng):
   update = jax.jit(tx.update)
   _, state = update(random_tree(rng, SHAPES), state)
   # Break every statistic: 'w' has 2 blocks x 2 axes, 'v' 1 block x 2 axes.
-  stats = state.stats[0].at[:].set(jnp.nan)
-  _, state = update(random_tree(rng, SHAPES), state._replace(stats=(stats,)))
+  stats = tuple(s.at[:].set(jnp.nan) for s in state.stats)
+  _, state = update(random_tree(rng, SHAPES), state._replace(stats=stats))
   report = shampoo_optax.diagnostics(state, params, block_size=8)
   assert int(report["['w']"]["root_failures"]) == 4
   assert int(report["['v']"]["root_failures"]) == 2

@@ -19,13 +19,43 @@ def random_psd(rng, n, d):
 
 @pytest.mark.parametrize("symmetric", [True, False])
 def test_float32_round_trip_is_exact(rng, symmetric):
-  x = random_psd(rng, 3, 7)
+  x = random_psd(rng, 4, 7)
   if not symmetric:
-    x = x + jnp.asarray(rng.standard_normal((3, 7, 7)), jnp.float32)
+    x = x + jnp.asarray(rng.standard_normal((4, 7, 7)), jnp.float32)
   codec = quantization.Codec("float32", symmetric)
   stored = codec.encode(x)
-  assert stored.shape == ((3, 28) if symmetric else (3, 49))
+  # Symmetric: two matrices per 7 x 8 array (half of the full storage).
+  assert stored.shape == ((2, 7, 8) if symmetric else (4, 7, 7))
+  assert codec.num_matrices(stored) == 4
   np.testing.assert_array_equal(codec.decode(stored, 7), x)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "int8"])
+def test_take_and_put_rows_touch_only_those_rows(rng, dtype):
+  """Rows read and written one matrix at a time, either half of a stored pair;
+  the other matrix of the pair keeps every entry, its diagonal included."""
+  d = 5
+  x = random_psd(rng, 6, d)
+  codec = quantization.Codec(dtype)
+  stored = codec.encode(x)
+  exact = codec.decode(stored, d)
+  rows = jnp.asarray([1, 4, 9])  # 9 is out of range: dropped, read as zeros
+  taken = codec.take_rows(stored, rows, d)
+  np.testing.assert_array_equal(taken[:2], exact[jnp.asarray([1, 4])])
+  np.testing.assert_array_equal(taken[2], np.zeros((d, d)))
+  new = random_psd(rng, 3, d)
+  back = codec.decode(codec.put_rows(stored, rows, new), d)
+  tol = 0 if dtype == "float32" else 1e-2 * float(jnp.max(jnp.abs(new)))
+  np.testing.assert_allclose(back[jnp.asarray([1, 4])], new[:2], atol=tol)
+  for r in (0, 2, 3, 5):
+    np.testing.assert_array_equal(back[r], exact[r])
+
+
+def test_paired_accumulate_is_the_update_in_stored_form(rng):
+  codec = quantization.Codec("float32")
+  old, new = random_psd(rng, 4, 6), random_psd(rng, 4, 6)
+  got = codec.decode(codec.accumulate(codec.encode(old), new, 0.9, 0.1, 6), 6)
+  np.testing.assert_allclose(got, 0.9 * old + 0.1 * new, rtol=1e-6)
 
 
 def test_bfloat16_round_trip(rng):

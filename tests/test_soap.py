@@ -75,9 +75,8 @@ def test_qr_refinement_keeps_orthonormal_bases(rng):
   tx = shampoo_optax.scale_by_soap(block_size=8, precondition_every=2, basis_method="qr")
   ups, state = run_updates(tx, params, grads_seq)
   assert all(np.all(np.isfinite(u)) for u in jax.tree.leaves(ups))
-  for group, bases in zip(state.stats, state.bases):
-    del group
-    d = int(np.sqrt(bases.shape[1]))
+  for bases in state.bases:
+    d = bases.shape[-1]
     q = quantization.Codec(symmetric=False).decode(bases, d)
     gram = jnp.einsum("nij,nik->njk", q, q)
     np.testing.assert_allclose(gram, np.broadcast_to(np.eye(d), gram.shape), atol=1e-4)
@@ -127,45 +126,40 @@ def test_second_moment_carried_into_refreshed_bases_only(rng, stagger):
   plain loop over every block: blocks whose basis is due and changed get
   ``(P * P) v`` along that axis (``P = Q_new^T Q_old``), all others keep ``v``
   exactly."""
-  import importlib  # noqa: PLC0415
-
-  from shampoo_optax import blocking, statistics  # noqa: PLC0415
-
-  soap = importlib.import_module("shampoo_optax.soap")  # the module, not the alias
+  from shampoo_optax import blocking, factor_matrices, soap_transform  # noqa: PLC0415
 
   leaves = [jnp.zeros(s) for s in [(12, 8), (8, 8), (3, 8, 4), (20, 6)]]
   plan = blocking.Layout(4, 4, 4096, pad_slots=False).plan(leaves)
-  schedule = statistics.Schedule(every=3, start=0, stagger=stagger)
+  schedule = factor_matrices.Schedule(every=3, start=0, stagger=stagger)
   codec = quantization.Codec(symmetric=False)
 
   def orthogonal(n, d):
     return np.linalg.qr(rng.standard_normal((n, d, d)))[0]
 
   old, new = [], []
-  for g in plan.groups:
-    q_old = orthogonal(g.padded_size, g.dim)
-    q_new = np.where(rng.uniform(size=(g.padded_size, 1, 1)) < 0.7,
-                     orthogonal(g.padded_size, g.dim), q_old)
+  for f in plan.factors:
+    q_old = orthogonal(f.rows, f.dim)
+    q_new = np.where(rng.uniform(size=(f.rows, 1, 1)) < 0.7, orthogonal(f.rows, f.dim), q_old)
     old.append(codec.encode(jnp.asarray(q_old, jnp.float32)))
     new.append(codec.encode(jnp.asarray(q_new, jnp.float32)))
   nu = [jnp.asarray(rng.uniform(size=x.shape), jnp.float32) for x in leaves]
   stacks = blocking.to_stacks(plan, nu, jnp.float32)
   carried = kept = 0
   for count in range(1, 5):
-    got = soap._carry_second_moment(plan, stacks, tuple(old), tuple(new), jnp.asarray(count),
-                                    schedule, codec)
+    got = soap_transform._carry_second_moment(
+        plan, {"nu": stacks}, tuple(old), tuple(new), jnp.asarray(count), schedule=schedule,
+        basis_codec=codec)["nu"]
     for stack, before, after in zip(plan.stacks, stacks, got):
       want = np.array(before)
-      for axis, group, offset in stack.statistics:
-        rows, due = statistics.due_rows(schedule, jnp.asarray(count),
-                                        plan.groups[group].padded_size)
+      for axis, index in stack.factors:
+        f = plan.factors[index]
+        rows, due = factor_matrices.due_rows(schedule, jnp.asarray(count), f.rows, f.offset)
         due_rows = {int(r) for r, d in zip(rows, due) if d}
-        q_old = np.asarray(codec.decode(old[group], plan.groups[group].dim), np.float64)
-        q_new = np.asarray(codec.decode(new[group], plan.groups[group].dim), np.float64)
+        q_old = np.asarray(codec.decode(old[index], f.dim), np.float64)
+        q_new = np.asarray(codec.decode(new[index], f.dim), np.float64)
         for z in range(stack.size):
-          r = offset + z
-          if r in due_rows and not np.array_equal(q_old[r], q_new[r]):
-            p2 = (q_new[r].T @ q_old[r]) ** 2
+          if z in due_rows and not np.array_equal(q_old[z], q_new[z]):
+            p2 = (q_new[z].T @ q_old[z]) ** 2
             want[z] = np.moveaxis(np.tensordot(p2, want[z], axes=([1], [axis])), 0, axis)
       np.testing.assert_allclose(np.asarray(after), want, rtol=1e-5, atol=1e-6)
       moved = np.any(np.asarray(after) != np.asarray(before), axis=tuple(range(1, want.ndim)))
@@ -182,14 +176,15 @@ def test_carried_second_moment_keeps_small_values():
                                    basis_method="eigh")
   params = {"w": jnp.zeros((2, 2))}
   state = tx.init(params)
-  assert len(state.stats) == 1 and state.stats[0].shape == (2, 3)
-  swap = jnp.asarray([[0.0, 1.0, 1.0, 0.0]] * 2)  # the current bases of L and R
+  assert [s.shape for s in state.stats] == [(1, 2, 3)] * 2  # L and R, one block (+ padding)
+  swap = jnp.asarray([[[0.0, 1.0], [1.0, 0.0]]] * 2)  # the current bases of L and R
   nu = jnp.asarray([[1e-12, 1e-12], [1.0, 1.0]])
-  state = state._replace(
-      count=jnp.asarray(5, jnp.int32), nu={"w": nu},
-      stats=(jnp.asarray([[1.0, 0.0, 2.0]] * 2),),  # diag(1, 2): eigh's basis is I
-      bases=(swap,))
+  stats = quantization.Codec().encode(jnp.asarray([np.diag([1.0, 2.0]), np.zeros((2, 2))],
+                                                  jnp.float32))  # eigh's basis is I
+  state = state._replace(count=jnp.asarray(5, jnp.int32), nu={"w": nu}, stats=(stats, stats),
+                         bases=(swap, swap))
   _, state = jax.jit(tx.update)({"w": jnp.zeros((2, 2))}, state)
-  np.testing.assert_array_equal(state.bases[0], jnp.asarray([[1.0, 0.0, 0.0, 1.0]] * 2))
+  for bases in state.bases:
+    np.testing.assert_array_equal(bases[0], np.eye(2))
   want = 0.9 * np.asarray([[1.0, 1.0], [1e-12, 1e-12]], np.float32)
   np.testing.assert_allclose(state.nu["w"], want, rtol=1e-6)

@@ -23,8 +23,10 @@ One update, in the paper's terms (Anil et al., 2020, arXiv 2002.09018):
 5. Until ``start_preconditioning_step``, and for parameters that are not
    preconditioned (scalars, vectors), the grafting method's step itself.
 
-The mechanics live elsewhere: the block plan in ``blocking.py``, the roots in
-``matrix_functions.py``, the diagonal methods in ``grafting.py``.
+The mechanics live elsewhere: the shared update in ``core.py`` (the block
+plan in ``blocking.py``, the statistics and their refresh in
+``factor_matrices.py``), the roots in ``matrix_functions.py``, the diagonal
+methods in ``grafting.py``.
 """
 
 from __future__ import annotations
@@ -36,7 +38,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from shampoo_optax import blocking, grafting, matrix_functions, quantization, statistics, validation
+from shampoo_optax import (blocking, core, factor_matrices, grafting, matrix_functions, moments,
+                           quantization, validation)
 from shampoo_optax import sharding as sharding_lib
 
 ROOT_METHODS = ("auto", "newton", "eigh")
@@ -246,62 +249,43 @@ def scale_by_shampoo(
                                lower_open=True, upper_open=True)
   codec, root_codec = quantization.codecs(statistics_dtype)
   block_sharding = sharding_lib.BlockSharding.create(mesh, block_axis)
-  layout = blocking.Layout(block_size, max_merged_dim or block_size,
-                           skip_preconditioning_dim_size_gt, exponent_override,
-                           block_sharding.size)
-  moments = grafting.MomentDtypes.create(
-      mu_dtype, quantization.canonical_dtype(statistics_dtype), graft)
-  compute = functools.partial(
-      _inverse_roots, method=root_method, matrix_eps=matrix_eps,
-      max_root_error=max_root_error, pseudo_inverse_rtol=pseudo_inverse_rtol)
-  core = functools.partial(
-      _shampoo_core, b2=b2, graft=graft, block_sharding=block_sharding, codec=codec,
-      root_codec=root_codec,
-      compute=compute,
-      schedule=statistics.Schedule(precondition_every, start_preconditioning_step,
-                                   stagger_root_refresh),
+  shampoo_core = core.Core(
+      layout=blocking.Layout(block_size, max_merged_dim or block_size,
+                             skip_preconditioning_dim_size_gt, exponent_override,
+                             block_sharding.size),
+      codec=codec, precond_codec=root_codec, block_sharding=block_sharding,
+      schedule=factor_matrices.Schedule(precondition_every, start_preconditioning_step,
+                                        stagger_root_refresh),
+      moments=moments.MomentDtypes.create(
+          mu_dtype, quantization.canonical_dtype(statistics_dtype),
+          grafting.keeps_second_moment(graft)),
   )
+  variant = core.Variant(
+      compute=functools.partial(
+          _inverse_roots, method=root_method, matrix_eps=matrix_eps,
+          max_root_error=max_root_error, pseudo_inverse_rtol=pseudo_inverse_rtol),
+      apply=functools.partial(_precondition_and_graft, graft=graft),
+      outputs=("step",), refresh_first=True)
 
-  def init_fn(params: optax.Params) -> ShampooState:
-    validation.check_float_leaves(params, "params")
-    plan = layout.plan(jax.tree.leaves(params))
-    mu, nu = moments.init(params)
-    return ShampooState(jnp.zeros([], jnp.int32), mu, nu,
-                        *statistics.init_groups(plan, codec, root_codec, block_sharding, params))
+  def step_fn(grads, mu, nu, groups, count):
+    mu = optax.tree.update_moment(grads, mu, b1, 1)
+    nu = grafting.update_second_moment(graft, grads, nu, b2)
+    mu_hat = _debiased_first_moment(mu, grads, b1, count, nesterov)
+    diagonal_step = grafting.direction(graft, mu_hat, nu, count, b2, eps)
+    plan = shampoo_core.plan(grads)
+    if not plan.stacks:
+      return diagonal_step, mu, nu, groups
+    leaves, treedef = jax.tree.flatten(diagonal_step)
+    inputs = {"grads": jax.tree.leaves(grads), "mu_hat": jax.tree.leaves(mu_hat),
+              "diagonal_step": leaves}
+    out, groups = shampoo_core.block_step(plan, inputs, groups, count, {"b2": b2}, variant)
+    use_shampoo = count > start_preconditioning_step
+    preconditioned = [jnp.where(use_shampoo, p.astype(s.dtype), s)
+                      for p, s in zip(out["step"], core.preconditioned_only(plan, leaves))]
+    step = jax.tree.unflatten(treedef, core.merge_preconditioned(plan, leaves, preconditioned))
+    return step, mu, nu, groups
 
-  def update_fn(updates, state, params=None, **extra_args):
-    del params, extra_args
-    validation.check_updates_match(updates, moments.shapes(state.mu))
-    count = optax.safe_increment(state.count)
-    mu_prev, nu_prev = moments.load(state.mu, state.nu, updates)
-    mu = optax.tree.update_moment(updates, mu_prev, b1, 1)
-    nu = grafting.update_second_moment(graft, updates, nu_prev, b2)
-    mu_hat = _debiased_first_moment(mu, updates, b1, count, nesterov)
-    step = grafting.direction(graft, mu_hat, nu, count, b2, eps)
-
-    grad_leaves, treedef = jax.tree.flatten(updates)
-    plan = layout.plan(grad_leaves)
-    groups = (state.stats, state.roots, state.root_errors, state.root_failures)
-    if plan.stacks:
-      step_leaves = jax.tree.leaves(step)
-      preconditioned, groups = sharding_lib.call_in_block_layout(
-          functools.partial(core, plan),
-          (grad_leaves, jax.tree.leaves(mu_hat), step_leaves, groups, count),
-          [x for x, leaf in zip(step_leaves, plan.leaves) if leaf.is_preconditioned],
-          groups, block_sharding,
-      )
-      preconditioned = iter(preconditioned)
-      use_shampoo = count > start_preconditioning_step
-      step = jax.tree.unflatten(treedef, [
-          jnp.where(use_shampoo, next(preconditioned).astype(s.dtype), s)
-          if leaf.is_preconditioned else s
-          for s, leaf in zip(step_leaves, plan.leaves)
-      ])
-    updates = jax.tree.map(lambda s, g: s.astype(g.dtype), step, updates)
-    mu, nu = moments.store(mu, nu, state.mu, state.nu, count)
-    return updates, ShampooState(count, mu, nu, *groups)
-
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  return shampoo_core.transformation(ShampooState, step_fn)
 
 
 def _debiased_first_moment(mu, grads, b1, count, nesterov):
@@ -309,51 +293,21 @@ def _debiased_first_moment(mu, grads, b1, count, nesterov):
   if nesterov:
     return jax.tree.map(
         lambda m, g: b1 * m + (1 - b1) * g,
-        grafting.bias_correction(mu, b1, optax.safe_increment(count)),
-        grafting.bias_correction(grads, b1, count),
+        moments.bias_correction(mu, b1, optax.safe_increment(count)),
+        moments.bias_correction(grads, b1, count),
     )
-  return grafting.bias_correction(mu, b1, count)
+  return moments.bias_correction(mu, b1, count)
 
 
-def _shampoo_core(plan, grad_leaves, mu_hat_leaves, step_leaves, groups, count, *,
-                  b2, graft, block_sharding, codec, root_codec, compute, schedule):
-  """Statistics, due root refreshes and preconditioned steps, in block layout.
-
-  Returns the preconditioned step of each preconditioned leaf (in tree order)
-  and the new (stats, roots, root_errors, root_failures).
-  """
-  stats, roots, errors, failures = groups
-  grad_stacks = blocking.to_stacks(plan, grad_leaves, jnp.float32)
-  stats = tuple(jax.tree.map(block_sharding.place, s)
-                for s in statistics.accumulate(plan, stats, grad_stacks, b2, codec, count))
-  roots, errors, failures = statistics.refresh(
-      plan, stats, roots, errors, failures, count, compute=compute, schedule=schedule,
-      block_sharding=block_sharding, codec=codec, factor_codec=root_codec)
-  full_roots = [root_codec.decode(r, g.dim) for g, r in zip(plan.groups, roots)]
-  preconditioned = _preconditioned_step(plan, full_roots, mu_hat_leaves, step_leaves, graft)
-  return [p for p in preconditioned if p is not None], (stats, roots, errors, failures)
-
-
-def _preconditioned_step(plan, roots, mu_hat_leaves, step_leaves, graft):
+def _precondition_and_graft(plan, blocks, roots, scalars, *, graft):
   """L^(-1/p) mu_hat R^(-1/p) per block, grafted to the diagonal step's norm."""
-  mu_stacks = blocking.to_stacks(plan, mu_hat_leaves, jnp.float32)
-  step_stacks = (
-      blocking.to_stacks(plan, step_leaves, jnp.float32) if graft != "none" else mu_stacks
-  )
+  del scalars
   out = []
-  for stack, blocks, diag in zip(plan.stacks, mu_stacks, step_stacks):
-    rank = len(stack.block_shape)
-    for axis, group, offset in stack.statistics:
-      dim = stack.block_shape[axis]
-      root = roots[group][offset : offset + stack.size, :dim, :dim]
-      blocks = jnp.einsum(
-          blocking.precondition_einsum(rank, axis), blocks, root,
-          precision=jax.lax.Precision.HIGHEST,
-      )
-    if graft != "none":
-      blocks = _graft(blocks, diag)
-    out.append(blocks)
-  return blocking.from_stacks(plan, out)
+  for stack, x, diagonal in zip(plan.stacks, blocks["mu_hat"], blocks["diagonal_step"]):
+    for axis, factor in stack.factors:
+      x = core.along_axis(x, roots[factor], axis, transpose=True)
+    out.append(_graft(x, diagonal) if graft != "none" else x)
+  return {"step": out}
 
 
 def _graft(direction: jax.Array, diagonal_step: jax.Array) -> jax.Array:
@@ -366,7 +320,7 @@ def _graft(direction: jax.Array, diagonal_step: jax.Array) -> jax.Array:
 
 def _inverse_roots(stats, old_roots, p, count, *, method, matrix_eps, max_root_error,
                    pseudo_inverse_rtol):
-  """statistics.Compute for Shampoo: (roots, error, ok)."""
+  """factor_matrices.Compute for Shampoo: (roots, error, ok)."""
   del old_roots, count
   root = functools.partial(
       matrix_functions.matrix_inverse_pth_root, stats, p,
@@ -374,8 +328,8 @@ def _inverse_roots(stats, old_roots, p, count, *, method, matrix_eps, max_root_e
       pseudo_inverse_rtol=pseudo_inverse_rtol,
   )
   if method == "auto":
-    new, error = jax.lax.platform_dependent(
-        cpu=lambda: root(method="eigh"), default=lambda: root(method="newton"))
+    new, error = core.on_accelerator_else(
+        cpu=lambda: root(method="eigh"), accelerator=lambda: root(method="newton"))
   else:
     new, error = root(method=method)
   return new, error, error <= max_root_error

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from shampoo_optax import blocking, grafting, quantization, statistics, validation
+from shampoo_optax import blocking, core, factor_matrices, moments, quantization, validation
 from shampoo_optax import sharding as sharding_lib
 
 BASIS_METHODS = ("auto", "eigh", "qr")
@@ -150,117 +150,89 @@ def scale_by_soap(
   validation.validate_number("eps", eps, 0.0, None)
   codec, basis_codec = quantization.codecs(statistics_dtype, factor_symmetric=False)
   block_sharding = sharding_lib.BlockSharding.create(mesh, block_axis)
-  layout = blocking.Layout(block_size, max_merged_dim or block_size,
-                           skip_preconditioning_dim_size_gt, shard_multiple=block_sharding.size,
-                           pad_slots=False)
-  moments = grafting.MomentDtypes.create(
-      mu_dtype, quantization.canonical_dtype(statistics_dtype), "adam")
-  # A basis refreshed at step t is used from step t + 1 (see update_fn).
-  schedule = statistics.Schedule(precondition_every, start_preconditioning_step,
-                                 stagger_basis_refresh)
-  # The first cycle of refreshes computes every basis with eigh; 'qr' refines
-  # them after that.
-  compute = functools.partial(_eigenbasis, method=basis_method,
-                              qr_from=schedule.first_step() + precondition_every)
-  rotate_in = functools.partial(_rotate_in, b2=b2, block_sharding=block_sharding,
-                                codec=codec, basis_codec=basis_codec)
-  rotate_back_and_refresh = functools.partial(
-      _rotate_back_and_refresh, block_sharding=block_sharding, codec=codec,
-      basis_codec=basis_codec, compute=compute, schedule=schedule)
+  # A basis refreshed at step t is used from step t + 1 (see _carry_second_moment).
+  schedule = factor_matrices.Schedule(precondition_every, start_preconditioning_step,
+                                      stagger_basis_refresh)
+  soap_core = core.Core(
+      layout=blocking.Layout(block_size, max_merged_dim or block_size,
+                             skip_preconditioning_dim_size_gt, shard_multiple=block_sharding.size,
+                             pad_slots=False),
+      codec=codec, precond_codec=basis_codec, block_sharding=block_sharding, schedule=schedule,
+      moments=moments.MomentDtypes.create(
+          mu_dtype, quantization.canonical_dtype(statistics_dtype), keeps_nu=True),
+  )
+  variant = core.Variant(
+      # The first cycle of refreshes computes every basis with eigh; 'qr'
+      # refines them after that.
+      compute=functools.partial(_eigenbasis, method=basis_method,
+                                qr_from=schedule.first_step() + precondition_every),
+      apply=_adam_in_eigenbasis, outputs=("step", "nu"), refresh_first=False,
+      after_refresh=functools.partial(_carry_second_moment, schedule=schedule,
+                                      basis_codec=basis_codec))
 
-  def init_fn(params):
-    validation.check_float_leaves(params, "params")
-    plan = layout.plan(jax.tree.leaves(params))
-    mu, nu = moments.init(params)
-    return SoapState(jnp.zeros([], jnp.int32), mu, nu,
-                     *statistics.init_groups(plan, codec, basis_codec, block_sharding, params))
+  def adam(grads, mu, nu, count):
+    """Adam's step (mu already updated), for the leaves SOAP does not rotate."""
+    nu = optax.tree.update_moment_per_elem_norm(grads, nu, b2, 2)
+    mu_hat = moments.bias_correction(mu, b1, count)
+    nu_hat = moments.bias_correction(nu, b2, count)
+    return jax.tree.map(lambda m, v: m / (jnp.sqrt(v) + eps), mu_hat, nu_hat), nu
 
-  def update_fn(updates, state, params=None, **extra_args):
-    del params, extra_args
-    validation.check_updates_match(updates, moments.shapes(state.mu))
-    count = optax.safe_increment(state.count)
-    mu_prev, nu_prev = moments.load(state.mu, state.nu, updates)
-    mu = optax.tree.update_moment(updates, mu_prev, b1, 1)
-    grad_leaves, treedef = jax.tree.flatten(updates)
-    mu_leaves = jax.tree.leaves(mu)
-    plan = layout.plan(grad_leaves)
-    groups = (state.stats, state.bases, state.basis_errors, state.basis_failures)
-    rotated_grads, rotated_mu = grad_leaves, mu_leaves
-    if plan.stacks:
-      pre = [i for i, leaf in enumerate(plan.leaves) if leaf.is_preconditioned]
-      (rot_g, rot_m), groups = sharding_lib.call_in_block_layout(
-          functools.partial(rotate_in, plan), (grad_leaves, mu_leaves, groups, count),
-          ([grad_leaves[i] for i in pre], [grad_leaves[i] for i in pre]),
-          groups, block_sharding)
-      rotated_grads, rotated_mu = list(grad_leaves), list(mu_leaves)
-      for i, g, m in zip(pre, rot_g, rot_m):
-        rotated_grads[i], rotated_mu[i] = g, m
-    # Adam in the eigenbasis: the second moment of the rotated gradient.
-    rotated_grads = jax.tree.unflatten(treedef, rotated_grads)
-    nu = optax.tree.update_moment_per_elem_norm(rotated_grads, nu_prev, b2, 2)
-    mu_hat = grafting.bias_correction(jax.tree.unflatten(treedef, rotated_mu), b1, count)
-    nu_hat = grafting.bias_correction(nu, b2, count)
-    step = jax.tree.map(lambda m, v: m / (jnp.sqrt(v) + eps), mu_hat, nu_hat)
-    if plan.stacks:
-      # Back with the same bases; then the due bases are refreshed, for the
-      # next steps (as SOAP does: a basis is never computed from the gradient
-      # it rotates, which in its own eigenbasis would be diagonal, and Adam's
-      # m / sqrt(v) would blow the float32 noise of its zeros up to +-1).
-      step_leaves, nu_leaves = jax.tree.leaves(step), jax.tree.leaves(nu)
-      (back, nu_carried), groups = sharding_lib.call_in_block_layout(
-          functools.partial(rotate_back_and_refresh, plan),
-          (step_leaves, nu_leaves, groups, count),
-          ([step_leaves[i] for i in pre], [nu_leaves[i] for i in pre]), groups, block_sharding)
-      for i, x, carried in zip(pre, back, nu_carried):
-        # Selected elementwise against nu (the values are the carried ones):
-        # under Auto axes the select keeps nu's sharding, which the block
-        # layout's output does not have. (nu + (carried - nu) would too, but
-        # loses a carried value far below the old one to cancellation: a zero
-        # second moment, and a step of m / eps.)
-        v = nu_leaves[i]
-        carried = carried.astype(v.dtype)
-        step_leaves[i], nu_leaves[i] = x, jnp.where(carried != v, carried, v)
-      step = jax.tree.unflatten(treedef, step_leaves)
-      nu = jax.tree.unflatten(treedef, nu_leaves)
-    updates = jax.tree.map(lambda s, g: s.astype(g.dtype), step, updates)
-    mu, nu = moments.store(mu, nu, state.mu, state.nu, count)
-    return updates, SoapState(count, mu, nu, *groups)
+  def step_fn(grads, mu, nu, groups, count):
+    mu = optax.tree.update_moment(grads, mu, b1, 1)
+    step, new_nu = adam(grads, mu, nu, count)
+    plan = soap_core.plan(grads)
+    if not plan.stacks:
+      return step, mu, new_nu, groups
+    # The rotated leaves are computed in block layout, in one pass; Adam in
+    # tree layout above serves the others (XLA drops its unused results).
+    inputs = {"grads": jax.tree.leaves(grads), "mu": jax.tree.leaves(mu),
+              "nu": jax.tree.leaves(nu)}
+    scalars = {"b1": b1, "b2": b2, "eps": eps, "count": count}
+    out, groups = soap_core.block_step(plan, inputs, groups, count, scalars, variant)
+    step_leaves, treedef = jax.tree.flatten(step)
+    nu_leaves = jax.tree.leaves(new_nu)
+    step = jax.tree.unflatten(treedef, core.merge_preconditioned(
+        plan, step_leaves, [x.astype(s.dtype) for x, s in
+                            zip(out["step"], core.preconditioned_only(plan, step_leaves))]))
+    # Selected elementwise against the previous nu (the values are the new
+    # ones): under Auto axes that keeps nu's sharding, which the block
+    # layout's output does not have. (nu + (new - nu) would too, but loses a
+    # carried value far below the old one to cancellation: a zero second
+    # moment, and a step of m / eps.)
+    nu = jax.tree.unflatten(treedef, core.merge_preconditioned(
+        plan, nu_leaves, [jnp.where(x.astype(v.dtype) != v, x.astype(v.dtype), v) for x, v in
+                          zip(out["nu"], core.preconditioned_only(plan, jax.tree.leaves(nu)))]))
+    return step, mu, nu, groups
 
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  return soap_core.transformation(SoapState, step_fn)
 
 
-def _rotate_in(plan, grad_leaves, mu_leaves, groups, count, *, b2, block_sharding, codec,
-               basis_codec):
-  """Statistics accumulated; G and m rotated into the current eigenbases."""
-  stats, bases, errors, failures = groups
-  grad_stacks = blocking.to_stacks(plan, grad_leaves, jnp.float32)
-  stats = tuple(jax.tree.map(block_sharding.place, s)
-                for s in statistics.accumulate(plan, stats, grad_stacks, b2, codec, count))
-  full = [basis_codec.decode(b, g.dim) for g, b in zip(plan.groups, bases)]
-  mu_stacks = blocking.to_stacks(plan, mu_leaves, jnp.float32)
-  rotated = [_preconditioned_only(plan, blocking.from_stacks(plan, _rotate(plan, full, x, True)))
-             for x in (grad_stacks, mu_stacks)]
-  return tuple(rotated), (stats, bases, errors, failures)
+def _adam_in_eigenbasis(plan, blocks, bases, scalars):
+  """Per stack: G and m into the eigenbasis, Adam's step there, the step back.
+
+  As SOAP does, the bases are the ones computed before this step: a basis is
+  never computed from the gradient it rotates, which in its own eigenbasis
+  would be diagonal, and Adam's m / sqrt(v) would blow the float32 noise of
+  its zeros up to +-1.
+  """
+  b1, b2, eps, count = (scalars[k] for k in ("b1", "b2", "eps", "count"))
+  steps, nus = [], []
+  for stack, g, m, v in zip(plan.stacks, blocks["grads"], blocks["mu"], blocks["nu"]):
+    for axis, factor in stack.factors:
+      g = core.along_axis(g, bases[factor], axis, transpose=True)
+      m = core.along_axis(m, bases[factor], axis, transpose=True)
+    v = b2 * v + (1 - b2) * jnp.square(g)
+    m_hat = m / (1 - jnp.power(b1, count.astype(jnp.float32)))
+    v_hat = v / (1 - jnp.power(b2, count.astype(jnp.float32)))
+    step = m_hat / (jnp.sqrt(v_hat) + eps)
+    for axis, factor in stack.factors:
+      step = core.along_axis(step, bases[factor], axis, transpose=False)
+    steps.append(step)
+    nus.append(v)
+  return {"step": steps, "nu": nus}
 
 
-def _rotate_back_and_refresh(plan, step_leaves, nu_leaves, groups, count, *, block_sharding,
-                             codec, basis_codec, compute, schedule):
-  """The step back in the original basis; then the due bases refreshed, and
-  the second moment carried into them."""
-  stats, old_bases, errors, failures = groups
-  full = [basis_codec.decode(b, g.dim) for g, b in zip(plan.groups, old_bases)]
-  stacks = _rotate(plan, full, blocking.to_stacks(plan, step_leaves, jnp.float32), False)
-  bases, errors, failures = statistics.refresh(
-      plan, stats, old_bases, errors, failures, count, compute=compute, schedule=schedule,
-      block_sharding=block_sharding, codec=codec, factor_codec=basis_codec)
-  back = _preconditioned_only(plan, blocking.from_stacks(plan, stacks))
-  nu_stacks = _carry_second_moment(plan, blocking.to_stacks(plan, nu_leaves, jnp.float32),
-                                   old_bases, bases, count, schedule, basis_codec)
-  nu_carried = _preconditioned_only(plan, blocking.from_stacks(plan, nu_stacks))
-  return (back, nu_carried), (stats, bases, errors, failures)
-
-
-def _carry_second_moment(plan, nu_stacks, old_bases, new_bases, count, schedule, basis_codec):
+def _carry_second_moment(plan, outputs, old_bases, new_bases, count, *, schedule, basis_codec):
   """The second moment of each block whose basis was just refreshed, moved to the new basis.
 
   With ``P = Q_new^T Q_old``, coordinate ``a`` of a block in the new basis is
@@ -271,71 +243,41 @@ def _carry_second_moment(plan, nu_stacks, old_bases, new_bases, count, schedule,
   second moment of another direction (measured on the LM benchmark: without
   it SOAP lost 0.13 nats at 4/3 of its best learning rate; with it, nothing).
   Only the rows refreshed at this step are touched (``1/precondition_every``
-  of them when staggered).
+  of them when staggered), under ``jax.lax.cond``, like the refresh.
   """
-  if not schedule.stagger:  # everything is refreshed on the same steps
-    due = statistics.due_rows(schedule, count, 1)[1][0]
-    return jax.lax.cond(
-        due, lambda x: _carry_due(plan, x, old_bases, new_bases, count, schedule, basis_codec),
-        lambda x: x, nu_stacks)
-  return _carry_due(plan, nu_stacks, old_bases, new_bases, count, schedule, basis_codec)
+  due_now = [factor_matrices.due_rows(schedule, count, basis_codec.num_matrices(old), f.offset)
+             for f, old in zip(plan.factors, old_bases)]
+  any_due = jnp.any(jnp.stack([jnp.any(due) for _, due in due_now]))
+  carry = functools.partial(_carry_due, plan, old_bases=old_bases, new_bases=new_bases,
+                            due_now=due_now, basis_codec=basis_codec)
+  return dict(outputs, nu=jax.lax.cond(any_due, carry, lambda nu: nu, outputs["nu"]))
 
 
-def _carry_due(plan, nu_stacks, old_bases, new_bases, count, schedule, basis_codec):
+def _carry_due(plan, nu_stacks, *, old_bases, new_bases, due_now, basis_codec):
   maps = []
-  for group, old, new in zip(plan.groups, old_bases, new_bases):
-    rows, due = statistics.due_rows(schedule, count, quantization.num_matrices(old))
-    q_old = basis_codec.decode(quantization.take_rows(old, rows), group.dim)
-    q_new = basis_codec.decode(quantization.take_rows(new, rows), group.dim)
+  for f, old, new, (rows, due) in zip(plan.factors, old_bases, new_bases, due_now):
+    q_old = basis_codec.take_rows(old, rows, f.dim)
+    q_new = basis_codec.take_rows(new, rows, f.dim)
     p = jnp.einsum("zka,zki->zai", q_new, q_old, precision=jax.lax.Precision.HIGHEST)
     # Unchanged (not due, or the new basis was rejected): the identity, exactly.
     changed = due & jnp.any(q_new != q_old, axis=(-2, -1))
-    eye = jnp.eye(group.dim, dtype=p.dtype)[None]
+    eye = jnp.eye(f.dim, dtype=p.dtype)[None]
     maps.append((rows, changed, jnp.where(changed[:, None, None], jnp.square(p), eye)))
   out = []
   for stack, blocks in zip(plan.stacks, nu_stacks):
-    for axis, group, offset in stack.statistics:
-      rows, changed, m = maps[group]
-      index = rows - offset  # the stack's blocks among the group's rows
-      inside = changed & (index >= 0) & (index < stack.size)
-      index = jnp.where(inside, index, stack.size)  # elsewhere: not gathered, dropped
+    for axis, factor in stack.factors:
+      rows, changed, m = maps[factor]
+      inside = changed & (rows < stack.size)
+      index = jnp.where(inside, rows, stack.size)  # elsewhere: not gathered, dropped
       sub = jnp.take(blocks, index, axis=0, mode="fill", fill_value=0)
-      sub = _along_axis(sub, m, axis, transpose=False)
+      sub = core.along_axis(sub, m, axis, transpose=False)
       blocks = blocks.at[index].set(sub, mode="drop")
     out.append(blocks)
   return out
 
 
-def _preconditioned_only(plan, leaves):
-  return [x for x, leaf in zip(leaves, plan.leaves) if leaf.is_preconditioned]
-
-
-def _rotate(plan, bases, stacks, transpose):
-  """Each block times Q (or Q^T) on each preconditioned axis."""
-  out = []
-  for stack, blocks in zip(plan.stacks, stacks):
-    for axis, group, offset in stack.statistics:
-      blocks = _along_axis(blocks, bases[group][offset: offset + stack.size], axis, transpose)
-    out.append(blocks)
-  return out
-
-
-def _along_axis(blocks, mats, axis, transpose):
-  """Block ``z`` times ``mats[z]`` (or its transpose) along ``axis``.
-
-  ``transpose``: ``x ×_axis M^T`` (contracts x's axis with M's rows; into an
-  eigenbasis); otherwise ``x ×_axis M`` (with M's columns).
-  """
-  rank = blocks.ndim - 1
-  lower, upper = blocking.einsum_letters(rank)
-  pair = f"{lower[axis]}{upper[axis]}" if transpose else f"{upper[axis]}{lower[axis]}"
-  result = lower[:axis] + upper[axis] + lower[axis + 1:]
-  return jnp.einsum(f"z{lower},z{pair}->z{result}", blocks, mats,
-                    precision=jax.lax.Precision.HIGHEST)
-
-
 def _eigenbasis(stats, old, exponent, count, *, method, qr_from):
-  """statistics.Compute for SOAP: (basis, orthogonality error, ok)."""
+  """factor_matrices.Compute for SOAP: (basis, orthogonality error, ok)."""
   del exponent
   hi = jax.lax.Precision.HIGHEST
 
@@ -356,7 +298,7 @@ def _eigenbasis(stats, old, exponent, count, *, method, qr_from):
     return jax.lax.cond(count < qr_from, eigh, lambda: q)
 
   if method == "auto":
-    basis = jax.lax.platform_dependent(cpu=eigh, default=refine)
+    basis = core.on_accelerator_else(cpu=eigh, accelerator=refine)
   else:
     basis = eigh() if method == "eigh" else refine()
   d = stats.shape[-1]
