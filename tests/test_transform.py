@@ -427,22 +427,57 @@ def _minimize(tx, loss, params, steps):
   return loss(params)
 
 
-def test_parabola_converges():
-  loss = lambda p: jnp.sum(jnp.square(p["w"] - 3.0)) + jnp.sum(jnp.square(p["b"] + 1.0))  # noqa: E731
-  params = {"w": jnp.zeros((4, 4)), "b": jnp.zeros(4)}
-  tx = shampoo_optax.shampoo(0.05, block_size=4, start_preconditioning_step=5,
+def _cosine_decay(lr, steps):
+  """optax.cosine_decay_schedule(lr, steps), without its int/float mixing."""
+  return lambda count: lr * 0.5 * (
+      1.0 + jnp.cos(jnp.pi * jnp.minimum(jnp.asarray(count, jnp.float32), steps) / steps))
+
+
+def _best_adam(loss, params, steps, lrs, schedule):
+  """The lowest final loss of plain optax.adam over a grid of learning rates."""
+  with jax.numpy_dtype_promotion("standard"):  # optax.adam mixes int and float
+    return min(float(_minimize(optax.adam(schedule(lr)), loss, params, steps)) for lr in lrs)
+
+
+def test_parabola_converges(rng):
+  """A parabola whose Hessian is a Kronecker product of two rotated matrices
+  of condition 30: Shampoo's two statistics fit it, Adam's diagonal does not
+  (plain optax.adam at the best learning rate of a grid misses the threshold)."""
+  n, steps, threshold = 8, 300, 2e-5
+
+  def rotated(cond):
+    q, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    return jnp.asarray((q * np.logspace(0, -np.log10(cond), n)) @ q.T, jnp.float32)
+
+  a, b = rotated(30), rotated(30)
+  target = jnp.asarray(rng.standard_normal((n, n)), jnp.float32)
+
+  def loss(p):
+    return jnp.sum(jnp.square(a @ (p["w"] - target) @ b)) + jnp.sum(jnp.square(p["b"] + 1.0))
+
+  params = {"w": jnp.zeros((n, n)), "b": jnp.zeros(n)}
+  decay = lambda lr: _cosine_decay(lr, steps)  # noqa: E731
+  tx = shampoo_optax.shampoo(decay(0.3), block_size=n, start_preconditioning_step=5,
                              precondition_every=5)
-  assert _minimize(tx, loss, params, 500) < 1e-3
+  ours = float(_minimize(tx, loss, params, steps))
+  adam = _best_adam(loss, params, steps, (1e-2, 3e-2, 1e-1, 3e-1, 1.0), decay)
+  assert ours < threshold < adam, (ours, adam)
 
 
 def test_rosenbrock_converges():
+  """Three Rosenbrock valleys, the rows of a (3, 2) parameter: its (2, 2)
+  statistic couples x and y along the valley, which Adam's diagonal cannot."""
   def loss(p):
     x, y = p["w"][:, 0], p["w"][:, 1]
     return jnp.sum(jnp.square(1.0 - x) + 100.0 * jnp.square(y - x**2))
 
   params = {"w": jnp.zeros((3, 2))}
-  tx = shampoo_optax.shampoo(0.01, block_size=4, start_preconditioning_step=10)
-  assert _minimize(tx, loss, params, 3000) < 1e-2
+  steps, threshold = 400, 1e-6
+  decay = lambda lr: _cosine_decay(lr, steps)  # noqa: E731
+  tx = shampoo_optax.shampoo(decay(0.03), block_size=4, start_preconditioning_step=10)
+  ours = float(_minimize(tx, loss, params, steps))
+  adam = _best_adam(loss, params, steps, (3e-3, 1e-2, 3e-2, 1e-1, 3e-1), decay)
+  assert ours < threshold < adam, (ours, adam)
 
 
 def test_beats_adam_on_kronecker_quadratic(rng):

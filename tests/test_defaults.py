@@ -1,0 +1,126 @@
+# Copyright 2026 The shampoo_optax Authors.
+# SPDX-License-Identifier: Apache-2.0
+"""The defaults against an independent float64 reference (tests/reference.py).
+
+The optimizers are built with their defaults and only the layout set
+(``block_size``, a short ``precondition_every``); the reference is given the
+documented default values. A changed default, a wrong refresh schedule, or a
+mistake in the paths only the defaults take (staggered refreshes, the first
+preconditioned steps before every root exists, Newton roots on accelerators)
+shows up as a difference in the updates, step by step.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import shampoo_optax
+from tests import reference
+
+# Documented defaults of shampoo() (what the reference is told; the optimizer is not).
+DEFAULTS = dict(b1=0.9, b2=0.95, eps=1e-8, matrix_eps=1e-4, start_preconditioning_step=2,
+                exponent_override=2)
+LR = 0.1
+
+# block_size 8. Statistics of size 4 (t's first two axes, v's rows) and of size
+# 8 (t's last axis, v's columns, w's rows and columns of its two 8 x 8 blocks):
+# two groups, of 3 and 6 rows, each refreshed a few rows at a time.
+SHAPES = {"b": (8,), "t": (4, 4, 8), "v": (4, 8), "w": (8, 16)}
+
+
+def _tree(rng, shapes):
+  return {k: jnp.asarray(rng.standard_normal(s), jnp.float32) for k, s in shapes.items()}
+
+
+def _updates(tx, params, grads_seq):
+  state = tx.init(params)
+  update = jax.jit(tx.update)
+  out = []
+  for grads in grads_seq:
+    updates, state = update(grads, state, params)
+    out.append(updates)
+  return out
+
+
+def _compare(ours, ref, grads_seq, shapes, rtol=5e-4, atol=1e-5):
+  names = list(shapes)  # sorted: the tree order
+  assert names == sorted(names)
+  for t, (grads, got) in enumerate(zip(grads_seq, ours), start=1):
+    want = ref.step([grads[k] for k in names])
+    for name, w in zip(names, want):
+      np.testing.assert_allclose(got[name], w, rtol=rtol, atol=atol, err_msg=f"step {t} {name}")
+
+
+@pytest.mark.parametrize("k", [3, 4])
+def test_default_shampoo_matches_staggered_reference(rng, k):
+  """Staggered refreshes (the default) with k = 3, 4 and the default start 2:
+  rows are refreshed from step max(1, 3 - k) on, and until a statistic's first
+  refresh its root is the identity (with k = 4, some blocks start their
+  preconditioned steps at step 3 with momentum rescaled to Adam's norm)."""
+  params = _tree(rng, SHAPES)
+  grads_seq = [_tree(rng, SHAPES) for _ in range(3 * k)]
+  tx = shampoo_optax.shampoo(LR, block_size=8, precondition_every=k)
+  ref = reference.NumpyShampoo(list(SHAPES.values()), block_size=8, precondition_every=k,
+                               learning_rate=LR, stagger=True, **DEFAULTS)
+  _compare(_updates(tx, params, grads_seq), ref, grads_seq, SHAPES)
+
+
+def test_newton_roots_match_eigh_roots_in_the_optimizer(rng):
+  """'newton' (the default on accelerators) and 'eigh' (on CPU) give the same
+  updates, step after step, on statistics a ridge keeps well-conditioned."""
+  params = _tree(rng, SHAPES)
+  grads_seq = [_tree(rng, SHAPES) for _ in range(8)]
+  kwargs = dict(block_size=8, precondition_every=2, matrix_eps=1e-2)
+  newton = _updates(shampoo_optax.shampoo(LR, root_method="newton", **kwargs), params, grads_seq)
+  eigh = _updates(shampoo_optax.shampoo(LR, root_method="eigh", **kwargs), params, grads_seq)
+  for t, (a, b) in enumerate(zip(newton, eigh), start=1):
+    for name in SHAPES:
+      np.testing.assert_allclose(a[name], b[name], rtol=1e-4, atol=1e-6,
+                                 err_msg=f"step {t} {name}")
+
+
+def test_one_sided_blocks_match_reference(rng):
+  """A dimension above skip_preconditioning_dim_size_gt is not split and gets
+  no statistic: (16, 40) is two (8, 40) blocks preconditioned on the left only,
+  each grafted to its own Adam norm; (40, 8) one block, on the right only."""
+  shapes = {"a": (16, 40), "c": (40, 8)}
+  params = _tree(rng, shapes)
+  grads_seq = [_tree(rng, shapes) for _ in range(9)]
+  tx = shampoo_optax.shampoo(LR, block_size=8, precondition_every=3,
+                             skip_preconditioning_dim_size_gt=32)
+  ref = reference.NumpyShampoo(list(shapes.values()), block_size=8, precondition_every=3,
+                               learning_rate=LR, stagger=True,
+                               skip_preconditioning_dim_size_gt=32, **DEFAULTS)
+  _compare(_updates(tx, params, grads_seq), ref, grads_seq, shapes)
+
+
+def test_nesterov_after_preconditioning_starts_matches_reference(rng):
+  """optax.adam's Nesterov momentum, in the graft and in the preconditioned
+  direction alike."""
+  params = _tree(rng, SHAPES)
+  grads_seq = [_tree(rng, SHAPES) for _ in range(9)]
+  tx = shampoo_optax.shampoo(LR, block_size=8, precondition_every=3, nesterov=True)
+  ref = reference.NumpyShampoo(list(SHAPES.values()), block_size=8, precondition_every=3,
+                               learning_rate=LR, stagger=True, nesterov=True, **DEFAULTS)
+  _compare(_updates(tx, params, grads_seq), ref, grads_seq, SHAPES)
+
+
+def test_soap_qr_refresh_matches_reference(rng):
+  """basis_method='qr': after the first refresh (eigh), each refresh is one
+  power step from the previous basis, sorted, then QR. A refresh that returned
+  its input (or skipped the sort, or the power step) gives other updates.
+
+  (6, 5): after one gradient the left statistic has a one-dimensional null
+  space, whose eigenvector is unique up to sign (the updates do not depend on
+  signs)."""
+  shape = {"w": (6, 5)}
+  params = _tree(rng, shape)
+  grads_seq = [_tree(rng, shape) for _ in range(8)]
+  tx = shampoo_optax.soap(0.01, b2=0.95, block_size=16, precondition_every=1,
+                          basis_method="qr")
+  ours = _updates(tx, params, grads_seq)
+  want = reference.numpy_soap([g["w"] for g in grads_seq], b1=0.9, b2=0.95, eps=1e-8,
+                              learning_rate=0.01, basis_method="qr")
+  for t, (got, ref) in enumerate(zip(ours, want), start=1):
+    np.testing.assert_allclose(got["w"], ref, rtol=2e-3, atol=2e-6, err_msg=f"step {t}")
