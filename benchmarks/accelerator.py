@@ -1,0 +1,439 @@
+# Copyright 2026 The shampoo_optax Authors.
+# SPDX-License-Identifier: Apache-2.0
+"""Step time, compile time, state and peak memory of a whole train step, each optimizer in its
+own process: the figures to quote for accelerator speed (issue 12).
+
+The model is the example character Transformer (``examples/lm_common.py``), by default issue 12's
+configuration: d_model 512, 8 layers, 8 heads, batch 64 x 256 characters, ~25M float32
+parameters; ``block_size=128`` and ``precondition_every=10`` for the Shampoos and SOAP. Optimizers
+(``--optimizers``; run in this order, shown in table order):
+
+- ``adamw`` (``optax.adamw``), ``muon`` (``optax.contrib.muon``, see ``peers.muon``), ``google``
+  (Google's ``precondition.distributed_shampoo``, ``peers.google_shampoo``; reported as "not
+  installed" where ``precondition-opt`` is missing),
+- ``shampoo`` (``shampoo_optax.shampoo`` defaults, ``root_method='auto'``), ``shampoo_eigh``,
+  ``shampoo_newton`` (``root_method='eigh'`` / ``'newton'``), ``soap`` (``shampoo_optax.soap``
+  defaults),
+- ``shampoo_no_refresh``: the defaults with ``precondition_every=10**6``: the roots are (almost)
+  never refreshed after init, preconditioning still starts at the default step, so it is
+  Shampoo's step without root computations. The breakdown table reads the refresh's share off
+  it: "refresh only" = shampoo - no refresh (and likewise for eigh and Newton).
+  ``soap_no_refresh`` is the same for SOAP (not run by default).
+
+Each optimizer runs in a fresh Python process (peak-memory statistics and compile caches are per
+process; a hang does not sink the run), which sends its measurements back as JSON:
+
+- compile: seconds of ``jax.jit(train_step).lower(...).compile()`` (trace + lower + XLA compile,
+  autotuning included) of the whole step: loss, gradients, ``tx.update``, ``apply_updates``;
+  params and optimizer state donated, as a training loop should.
+- first step: seconds of the first call (a lazy start shows here, e.g. SOAP's first step on GPU).
+- ms/step: median (and worst) wall time of ``--steps`` steps, each ``jax.block_until_ready``
+  on params, state and loss, after ``--warmup`` steps (first step included), so preconditioning
+  is on and the staggered refreshes (1/precondition_every of the roots per step) are in the
+  timed window. Batches are real text, prepared on the device beforehand.
+- state: bytes of the optimizer state's arrays.
+- peak memory: ``jax.devices()[0].memory_stats()['peak_bytes_in_use']`` after the steps
+  (params, state, activations, workspace); "n/a" where the backend has no memory stats (CPU).
+
+Every figure is also given as a ratio to AdamW's, measured in the same run. Each optimizer gets at
+most ``--cap`` seconds (a process past it is killed and reported as a timeout, with what it had
+done), and the whole run at most ``--budget`` seconds (optimizers not started by then are
+reported as skipped); the defaults keep a run on one GPU within 5 minutes. The tables are
+printed as Markdown, to paste into benchmarks/README.md.
+
+Run:
+  python benchmarks/accelerator.py                  # issue 12's config (one GPU: < 5 minutes)
+  python benchmarks/accelerator.py --tiny           # CPU smoke run (CI), about a minute
+  python benchmarks/accelerator.py --d-model 128 --layers 2 --seq-len 64 --batch 16 \
+      --json acc.json                               # a CPU stand-in
+"""
+
+from __future__ import annotations
+
+import os
+
+# Before NumPy/JAX are imported, as in the other benchmarks: on CPU, OpenBLAS threads inside
+# jitted eigh fight XLA's own thread pool. No effect on an accelerator.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+import pathlib  # noqa: E402
+import shlex  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable, Sequence  # noqa: E402
+from typing import Any  # noqa: E402
+
+HERE = pathlib.Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(ROOT / "examples"))
+import hostinfo  # noqa: E402  (imports jax, but initializes no backend in this process)
+
+# Run order: the targets first (AdamW is every ratio's base), peers last, so that a run cut
+# short by --budget loses the least useful rows.
+RUN_ORDER = ("adamw", "shampoo", "soap", "shampoo_no_refresh", "shampoo_eigh", "shampoo_newton",
+             "muon", "google", "soap_no_refresh")
+DEFAULT_OPTIMIZERS = ("adamw", "muon", "google", "shampoo", "shampoo_eigh", "shampoo_newton",
+                      "soap", "shampoo_no_refresh")
+TINY_OPTIMIZERS = ("adamw", "shampoo", "shampoo_no_refresh")
+LABELS = {
+    "adamw": "optax.adamw",
+    "muon": "optax.contrib.muon",
+    "google": "Google's Shampoo (precondition-opt)",
+    "shampoo": "shampoo (defaults, root_method='auto')",
+    "shampoo_eigh": "shampoo, root_method='eigh'",
+    "shampoo_newton": "shampoo, root_method='newton'",
+    "soap": "soap (defaults)",
+    "shampoo_no_refresh": "shampoo, roots never refreshed (precondition_every=10**6)",
+    "soap_no_refresh": "soap, bases never refreshed (precondition_every=10**6)",
+}
+NEVER = 10**6  # precondition_every of the no-refresh rows
+DEFAULTS = dict(d_model=512, layers=8, heads=8, seq_len=256, batch=64, block_size=128,
+                precondition_every=10, warmup=10, steps=30, cap=100.0, budget=280.0)
+TINY = dict(d_model=32, layers=1, heads=2, seq_len=16, batch=4, block_size=16,
+            precondition_every=4, warmup=5, steps=5, cap=150.0, budget=450.0)
+
+
+def make_optimizer(name: str, args: argparse.Namespace) -> Any:
+  """The optax transformation called ``name``; imports what it needs only when built."""
+  # Imported here: the parent process never needs them (nor initializes a backend).
+  import peers  # noqa: PLC0415
+
+  import shampoo_optax  # noqa: PLC0415
+
+  lr, wd = args.learning_rate, 1e-4
+  blocks = dict(block_size=args.block_size, precondition_every=args.precondition_every,
+                weight_decay=wd)
+  never = dict(blocks, precondition_every=NEVER)
+  builders: dict[str, Callable[[], Any]] = {
+      "adamw": lambda: peers.adamw(lr, weight_decay=wd),
+      "muon": lambda: peers.muon(lr, weight_decay=wd),
+      "google": lambda: peers.google_shampoo(
+          lr, block_size=args.block_size, preconditioning_compute_steps=args.precondition_every,
+          weight_decay=wd),
+      "shampoo": lambda: shampoo_optax.shampoo(lr, **blocks),
+      "shampoo_eigh": lambda: shampoo_optax.shampoo(lr, root_method="eigh", **blocks),
+      "shampoo_newton": lambda: shampoo_optax.shampoo(lr, root_method="newton", **blocks),
+      "soap": lambda: shampoo_optax.soap(lr, **blocks),
+      "shampoo_no_refresh": lambda: shampoo_optax.shampoo(lr, **never),
+      "soap_no_refresh": lambda: shampoo_optax.soap(lr, **never),
+  }
+  return builders[name]()
+
+
+# ----------------------------------------------------------------------------------------------
+# One optimizer, in its own process
+# ----------------------------------------------------------------------------------------------
+
+
+def _write(path: pathlib.Path, result: dict[str, Any]) -> None:
+  """Writes the result so far (the parent reads it even if this process is then killed)."""
+  tmp = path.with_suffix(".tmp")
+  tmp.write_text(json.dumps(result))
+  tmp.replace(path)
+
+
+def measure(args: argparse.Namespace, out: pathlib.Path) -> None:
+  """Compiles and times one optimizer's train step; writes its measurements to ``out``."""
+  import jax  # noqa: PLC0415
+  import jax.numpy as jnp  # noqa: PLC0415
+  import lm_common  # noqa: PLC0415
+  import optax  # noqa: PLC0415
+
+  name = args.child
+  device = jax.devices()[0]
+  result: dict[str, Any] = dict(optimizer=name, phase="setup", machine=hostinfo.describe(),
+                                backend=jax.default_backend(), device_kind=device.device_kind)
+  _write(out, result)
+  try:
+    tx = make_optimizer(name, args)
+  except ImportError as e:
+    if (e.name or "").split(".")[0] != "precondition":
+      raise  # a broken install of ours or a peer's is a failure, not a missing extra
+    result.update(phase="done", error=f"not installed ({e.name}: pip install precondition-opt)")
+    _write(out, result)
+    return
+
+  corpus = lm_common.load_corpus(num_chars=2_000_000)
+  model = lm_common.CharTransformer(len(corpus.vocab), d_model=args.d_model,
+                                    num_layers=args.layers, num_heads=args.heads,
+                                    seq_len=args.seq_len)
+  stream = lm_common.batches(corpus.train, args.batch, args.seq_len, seed=0)
+  data = [tuple(jax.device_put(v) for v in next(stream)) for _ in range(8)]
+  params = jax.jit(model.init)(jax.random.key(0), data[0][0])
+  opt_state = jax.jit(tx.init)(params)
+  result.update(
+      params=sum(leaf.size for leaf in jax.tree.leaves(params)), vocab=len(corpus.vocab),
+      state_bytes=sum(leaf.nbytes for leaf in jax.tree.leaves(opt_state)), phase="compile")
+  _write(out, result)
+
+  def train_step(params, opt_state, x, y):
+    loss, grads = jax.value_and_grad(
+        lambda p: lm_common.cross_entropy(model.apply(p, x), y))(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
+
+  start = time.perf_counter()
+  step = jax.jit(train_step, donate_argnums=(0, 1)).lower(params, opt_state, *data[0]).compile()
+  result.update(compile_s=time.perf_counter() - start, phase="first step")
+  _write(out, result)
+
+  times = []
+  loss = jnp.zeros([])
+  for i in range(args.warmup + args.steps):
+    x, y = data[i % len(data)]
+    start = time.perf_counter()
+    params, opt_state, loss = jax.block_until_ready(step(params, opt_state, x, y))
+    elapsed = time.perf_counter() - start
+    if i == 0:
+      result.update(first_step_s=elapsed, phase="warm-up")
+      _write(out, result)
+    if i + 1 == args.warmup:
+      result.update(phase="timed steps")
+      _write(out, result)
+    if i >= args.warmup:
+      times.append(elapsed)
+  stats = device.memory_stats() or {}
+  peak = stats.get("peak_bytes_in_use")
+  result.update(
+      phase="done", step_s=statistics.median(times), worst_step_s=max(times),
+      step_times_s=times, peak_bytes=None if peak is None else int(peak),
+      final_loss=float(loss))
+  if not math.isfinite(result["final_loss"]):
+    result["error"] = f"loss {result['final_loss']} after {args.warmup + args.steps} steps"
+  _write(out, result)
+
+
+# ----------------------------------------------------------------------------------------------
+# The parent: one process per optimizer
+# ----------------------------------------------------------------------------------------------
+
+_MODEL_FLAGS = ("d_model", "layers", "heads", "seq_len", "batch", "block_size",
+                "precondition_every", "warmup", "steps", "learning_rate")
+
+
+def run_one(name: str, args: argparse.Namespace, cap: float, workdir: pathlib.Path) -> dict:
+  """Runs ``name`` in a child process for at most ``cap`` seconds; returns its row."""
+  out = workdir / f"{name}.json"
+  log = workdir / f"{name}.log"
+  command = [sys.executable, str(pathlib.Path(__file__).resolve()), "--child", name,
+             "--child-out", str(out)]
+  for flag in _MODEL_FLAGS:
+    command += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
+  env = dict(os.environ)
+  # The package from this checkout, unless PYTHONPATH already names one.
+  env["PYTHONPATH"] = os.pathsep.join(p for p in (env.get("PYTHONPATH"), str(ROOT)) if p)
+  start = time.perf_counter()
+  with open(log, "w") as log_file:
+    child = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=env,
+                             cwd=ROOT)
+    try:
+      returncode = child.wait(timeout=cap)
+    except subprocess.TimeoutExpired:
+      child.kill()
+      child.wait()
+      returncode = None
+  wall = time.perf_counter() - start
+  row = json.loads(out.read_text()) if out.exists() else dict(optimizer=name, phase="start")
+  row.update(optimizer=name, process_s=wall)
+  if returncode is None:
+    row["error"] = f"timeout: {row['phase']} not done within {cap:.0f} s"
+  elif returncode != 0 or row.get("phase") != "done":
+    tail = log.read_text().strip().splitlines()[-1:] if log.exists() else []
+    row.setdefault("error", f"failed in {row['phase']} (exit {returncode}): "
+                   f"{tail[0][:200] if tail else 'no output'}")
+  output = log.read_text().strip() if log.exists() else ""
+  if "error" in row and "not installed" not in row["error"] and output:
+    print(f"--- {name}: last lines of its output ---", file=sys.stderr)
+    print("\n".join(output.splitlines()[-15:]), file=sys.stderr, flush=True)
+  return row
+
+
+def markdown(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+  """An aligned Markdown table (readable as printed, pastes into README.md)."""
+  cells = [[str(c) for c in header]] + [[str(c) for c in row] for row in rows]
+  widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+  line = lambda r: "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |"  # noqa: E731
+  return "\n".join([line(cells[0]), "|" + "|".join("-" * (w + 2) for w in widths) + "|",
+                    *map(line, cells[1:])])
+
+
+def _num(row: dict | None, key: str) -> float | None:
+  value = None if row is None else row.get(key)
+  return value if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+def _ratio(row: dict, base: dict | None, key: str) -> str:
+  value, ref = _num(row, key), _num(base, key)
+  return "-" if value is None or not ref else f"{value / ref:.2f}"
+
+
+def _bytes(value: float | None) -> str:
+  if value is None:
+    return "n/a"
+  return f"{value / 2**30:.2f} GiB" if value >= 2**30 else f"{value / 2**20:.1f} MiB"
+
+
+def results_table(rows: list[dict]) -> str:
+  base = next((r for r in rows if r["optimizer"] == "adamw" and "error" not in r), None)
+  table = []
+  for r in rows:
+    label = LABELS[r["optimizer"]]
+    if "error" in r and _num(r, "step_s") is not None:
+      label += f" ({r['error']})"  # timed, but e.g. the loss is not finite
+    elif "error" in r:
+      compiled = _num(r, "compile_s")  # a timeout after compiling still tells this
+      table.append([label, r["error"], "-", "-", "-" if compiled is None else f"{compiled:.1f}",
+                    _ratio(r, base, "compile_s"), "-", _bytes(_num(r, "state_bytes")),
+                    _ratio(r, base, "state_bytes"), "-", "-"])
+      continue
+    table.append([
+        label, f"{1e3 * r['step_s']:.1f}", _ratio(r, base, "step_s"),
+        f"{1e3 * r['worst_step_s']:.1f}", f"{r['compile_s']:.1f}",
+        _ratio(r, base, "compile_s"), f"{r['first_step_s']:.2f}", _bytes(r["state_bytes"]),
+        _ratio(r, base, "state_bytes"), _bytes(_num(r, "peak_bytes")),
+        _ratio(r, base, "peak_bytes")])
+  return markdown(["optimizer", "ms/step", "x AdamW", "worst ms", "compile s", "x AdamW",
+                   "first step s", "optimizer state", "x AdamW", "peak memory", "x AdamW"], table)
+
+
+def breakdown_table(rows: list[dict]) -> str | None:
+  """Shampoo's step in parts: without root refreshes, the refreshes, the rest over AdamW."""
+  by = {r["optimizer"]: r for r in rows if _num(r, "step_s") is not None}
+  adamw = _num(by.get("adamw"), "step_s")
+  table = []
+
+  def add(part: str, seconds: float | None, whole: float | None) -> None:
+    if seconds is None:
+      return
+    table.append([part, f"{1e3 * seconds:.1f}",
+                  "-" if not adamw else f"{seconds / adamw:.2f}",
+                  "-" if not whole else f"{seconds / whole:.2f}"])
+
+  for prefix, what in (("shampoo", "roots"), ("soap", "bases")):
+    never = _num(by.get(f"{prefix}_no_refresh"), "step_s")
+    if never is None:
+      continue
+    whole = _num(by.get(prefix), "step_s")
+    add(f"{prefix}: whole step (defaults)", whole, whole)
+    add(f"{prefix}: no refresh ({what} never recomputed)", never, whole)
+    if adamw:
+      add(f"{prefix}: no refresh - AdamW's step (the update's cost outside refreshes, over "
+          "AdamW's)", never - adamw, whole)
+    for suffix, label in (("", "defaults"), ("_eigh", "eigh"), ("_newton", "newton")):
+      variant = _num(by.get(prefix + suffix), "step_s")
+      if variant is not None:
+        add(f"{prefix}: refresh only, {label} (its step - no refresh)", variant - never,
+            variant)
+  if not table:
+    return None
+  return markdown(["part", "ms/step", "x AdamW's step", "share of the step"], table)
+
+
+def parent(args: argparse.Namespace) -> None:
+  names = [n for n in args.optimizers.split(",") if n]
+  unknown = [n for n in names if n not in LABELS]
+  if unknown:
+    raise SystemExit(f"unknown optimizer(s) {unknown}; choose from {', '.join(LABELS)}")
+  if "adamw" not in names:
+    names.insert(0, "adamw")
+  order = sorted(names, key=RUN_ORDER.index)
+  # hostinfo.start() would initialize a backend here (jax.devices()), which on a GPU holds
+  # memory the children need; the machine line comes from the first child instead.
+  run = dict(command=shlex.join(sys.orig_argv), machine="?",
+             load_average_start=hostinfo.load_average(), started=time.perf_counter())
+  print(f"command: {run['command']}")
+  print(f"load average at start (1, 5, 15 min): {run['load_average_start']}")
+  print(f"CharTransformer d_model {args.d_model}, {args.layers} layers, {args.heads} heads, "
+        f"batch {args.batch} x {args.seq_len} tokens, float32 params; block_size "
+        f"{args.block_size}, precondition_every {args.precondition_every}; {args.warmup} warm-up "
+        f"+ {args.steps} timed steps; each optimizer in its own process, at most {args.cap:.0f} s "
+        f"each and {args.budget:.0f} s in all", flush=True)
+  rows = {}
+  with tempfile.TemporaryDirectory(prefix="accelerator_") as tmp:
+    for name in order:
+      left = args.budget - (time.perf_counter() - run["started"])
+      if left < min(args.cap, 10.0):
+        rows[name] = dict(optimizer=name, error=f"skipped: --budget {args.budget:.0f} s spent")
+        print(f"  {name}: {rows[name]['error']}", flush=True)
+        continue
+      row = run_one(name, args, min(args.cap, left), pathlib.Path(tmp))
+      if left < args.cap and "timeout" in row.get("error", ""):
+        row["error"] += " (the rest of --budget)"
+      rows[name] = row
+      if run["machine"] == "?" and row.get("machine"):
+        run["machine"] = row["machine"]
+        print(f"machine: {run['machine']}")
+      if _num(row, "step_s") is not None:
+        print(f"  {name}: {1e3 * row['step_s']:.1f} ms/step, compile {row['compile_s']:.1f} s, "
+              f"process {row['process_s']:.0f} s", flush=True)
+      else:
+        print(f"  {name}: {row['error']} (process {row['process_s']:.0f} s)", flush=True)
+  ordered = [rows[n] for n in sorted(rows, key=lambda n: list(LABELS).index(n))]
+  kind = next((r["device_kind"] for r in ordered if r.get("device_kind")), "?")
+  params = next((r["params"] for r in ordered if r.get("params")), 0)
+  print(f"\nOn {kind}: {params / 1e6:.2f}M parameters; ms/step = median of {args.steps} steps "
+        f"(worst ms: the slowest of them); x AdamW = ratio to optax.adamw in this run; first "
+        f"step = the first call after compiling; peak memory = the device's peak bytes in use "
+        f"in that optimizer's process.\n")
+  print(results_table(ordered))
+  parts = breakdown_table(ordered)
+  if parts:
+    print("\nShampoo's step in parts (medians; share = of the whole step named):\n")
+    print(parts)
+  hostinfo.finish(run, args, device_kind=kind, params=params, rows=ordered)
+  # A timeout or a skipped row is a figure on an accelerator (issue 12's SOAP), but in the CI
+  # smoke run it means something hangs.
+  tolerated = ("not installed",) if args.tiny else ("not installed", "timeout", "skipped")
+  failed = [r["optimizer"] for r in ordered
+            if "error" in r and not r["error"].startswith(tolerated)]
+  if failed:
+    raise SystemExit(f"failed: {', '.join(failed)}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  for key in ("d_model", "layers", "heads", "seq_len", "batch", "block_size",
+              "precondition_every", "warmup", "steps"):
+    parser.add_argument(f"--{key.replace('_', '-')}", type=int, default=None,
+                        help=f"(default {DEFAULTS[key]}; --tiny: {TINY[key]})")
+  parser.add_argument("--cap", type=float, default=None,
+                      help="seconds one optimizer's process may take (default "
+                      f"{DEFAULTS['cap']:.0f}; --tiny: {TINY['cap']:.0f})")
+  parser.add_argument("--budget", type=float, default=None,
+                      help=f"seconds for the whole run (default {DEFAULTS['budget']:.0f}; "
+                      f"--tiny: {TINY['budget']:.0f})")
+  parser.add_argument("--learning-rate", type=float, default=1e-3, help="(default %(default)g)")
+  parser.add_argument("--optimizers", default=None,
+                      help=f"comma-separated, from {','.join(LABELS)} (default "
+                      f"{','.join(DEFAULT_OPTIMIZERS)}; --tiny: {','.join(TINY_OPTIMIZERS)}); "
+                      "adamw is always run, for the ratios")
+  parser.add_argument("--tiny", action="store_true",
+                      help="a tiny model for a CPU smoke run (CI); explicit flags override it")
+  parser.add_argument("--json", metavar="PATH", default=None, help="also write results here")
+  parser.add_argument("--child", help=argparse.SUPPRESS)
+  parser.add_argument("--child-out", type=pathlib.Path, help=argparse.SUPPRESS)
+  return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+  args = build_parser().parse_args(argv)
+  for key, value in (TINY if args.tiny else DEFAULTS).items():
+    if getattr(args, key) is None:
+      setattr(args, key, value)
+  if args.optimizers is None:
+    args.optimizers = ",".join(TINY_OPTIMIZERS if args.tiny else DEFAULT_OPTIMIZERS)
+  if args.child:
+    measure(args, args.child_out)
+  else:
+    parent(args)
+
+
+if __name__ == "__main__":
+  main()
