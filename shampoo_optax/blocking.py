@@ -17,23 +17,19 @@ hashable, cached, never traced and never stored in the optimizer state):
 3. Blocks of equal shape, from any parameter, are stacked: one array
    ``[num_blocks, *block_shape]`` per stack.
 4. Each preconditioned axis of a stack has one statistic per block (a
-   "factor matrix" in Meta's DistributedShampoo's words): one array
-   ``[rows, d, d]`` per (stack, axis), exactly the size of its blocks, so the
-   per-step work (accumulating statistics, applying roots) reads and writes
-   each array whole, with no slicing, padding or gathering. ``rows`` is the
-   number of blocks rounded up to a multiple of ``2 x`` the number of devices
-   the block axis is split over (pairs of symmetric matrices share storage,
-   see ``quantization.py``).
-5. For the refresh only, factor matrices of equal root exponent are grouped by
-   size rounded up to a power of two (at most ``block_size``): a ``d x d``
-   statistic sits in the top-left corner of its ``dim x dim`` slot, zeros
-   elsewhere. The inverse root of that padded matrix has the root of the
-   statistic in the same corner (the padding is a separate, decoupled block),
-   so the rounding changes no result. It bounds the number of groups, and each
-   group is one batched root computation and one piece of compiled code: a
-   model compiles to a handful of them however many odd remainder sizes its
-   layers have. Within a group, factor ``f``'s block ``i`` is row
-   ``offset_f + i``: the row the staggered refresh schedule counts by.
+   "factor matrix" in Meta's DistributedShampoo's words). Factor matrices of
+   equal root exponent are grouped by size, rounded up to a power of two (at
+   most ``block_size``): one array ``[rows, dim, dim]`` per group, a ``d x d``
+   statistic sitting in the top-left corner of its ``dim x dim`` slot, zeros
+   elsewhere, each factor's blocks in a contiguous range of rows (which the
+   per-step work reads as a slice). The inverse root of that padded matrix has
+   the root of the statistic in the same corner (the padding is a separate,
+   decoupled block), so the rounding changes no result. It bounds the number of
+   groups, and each group is one batched root computation and one piece of
+   compiled code: a model compiles to a handful of them however many odd
+   remainder sizes its layers have. ``rows`` is rounded up to a multiple of
+   ``2 x`` the number of devices the block axis is split over (pairs of
+   symmetric matrices share storage, see ``quantization.py``).
 """
 
 from __future__ import annotations
@@ -96,25 +92,26 @@ class Stack:
 
 @dataclasses.dataclass(frozen=True)
 class Factor:
-  """The statistics of one preconditioned axis of one stack: ``[rows, dim, dim]``."""
+  """The statistics of one preconditioned axis of one stack: rows
+  ``[offset, offset + size)`` of its group, in the ``[:dim, :dim]`` corner."""
 
   stack: int
   axis: int
   dim: int
   size: int  # number of blocks (= the stack's size)
-  rows: int  # size rounded up for storage (extra matrices stay zero)
-  group: int  # the refresh group it is computed in
-  offset: int  # its first row in the group (the refresh schedule's count)
+  group: int
+  offset: int  # its first row in the group
 
 
 @dataclasses.dataclass(frozen=True)
 class Group:
-  """Factor matrices whose roots are computed in one batch, in slots of ``dim``."""
+  """Factor matrices of one (rounded-up) size and one root exponent, stacked."""
 
   dim: int
   exponent: int
-  factors: tuple[int, ...]  # indices into Plan.factors
-  size: int  # total number of blocks
+  factors: tuple[int, ...]  # indices into Plan.factors, in row order
+  size: int  # number of matrices that hold statistics
+  padded_size: int  # size rounded up for storage (extra matrices stay zero)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -307,11 +304,11 @@ def make_plan(
       group_sizes[key] = offset + size
       group_members[key].append(len(factors))
       stack_factors.append((axis, len(factors)))
-      factors.append(Factor(len(stacks), axis, dim, size, -(-size // row_multiple) * row_multiple,
-                            list(group_members).index(key), offset))
+      factors.append(Factor(len(stacks), axis, dim, size, list(group_members).index(key), offset))
     stacks.append(Stack(block_shape, pre, exponent, tuple(mem), size, tuple(stack_factors)))
   groups = tuple(
-      Group(dim, exponent, tuple(group_members[(dim, exponent)]), size)
+      Group(dim, exponent, tuple(group_members[(dim, exponent)]), size,
+            -(-size // row_multiple) * row_multiple)
       for (dim, exponent), size in group_sizes.items()
   )
   return Plan(leaves, class_list, tuple(stacks), tuple(factors), groups)

@@ -115,7 +115,8 @@ class Core:
         precond_codec=self.precond_codec)
     if variant.refresh_first:
       precond, errors, failures = refresh(precond, errors, failures)
-    outputs = variant.apply(plan, blocks, self.decode_preconditioners(plan, precond), scalars)
+    preconditioners = factor_matrices.decode_factors(plan, precond, self.precond_codec)
+    outputs = variant.apply(plan, blocks, preconditioners, scalars)
     if not variant.refresh_first:
       new, errors, failures = refresh(precond, errors, failures)
       outputs = variant.after_refresh(plan, outputs, precond, new, count)
@@ -123,10 +124,6 @@ class Core:
     leaves = {name: preconditioned_only(plan, blocking.from_stacks(plan, outputs[name]))
               for name in variant.outputs}
     return leaves, (stats, precond, errors, failures)
-
-  def decode_preconditioners(self, plan, precond) -> list[jax.Array]:
-    """float32 ``[size, d, d]`` per factor (padding rows dropped)."""
-    return [self.precond_codec.decode(p, f.dim)[:f.size] for f, p in zip(plan.factors, precond)]
 
   def _place(self, groups):
     return tuple(jax.tree.map(self.block_sharding.place, g) for g in groups)

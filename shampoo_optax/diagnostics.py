@@ -83,7 +83,7 @@ def diagnostics(
                 for i, (path, _) in enumerate(leaves)]
   named_rows = [(name, rows) for name, rows in named_rows if rows]
   values = _report(
-      stats, errors, failures, dims=tuple(f.dim for f in plan.factors), dtype=codec.dtype,
+      stats, errors, failures, dims=tuple(g.dim for g in plan.groups), dtype=codec.dtype,
       leaf_rows=tuple(tuple((g, tuple(int(x) for x in r)) for g, r in rows)
                       for _, rows in named_rows))
   report = {}
@@ -100,7 +100,7 @@ def _report(stats, errors, failures, *, dims, dtype, leaf_rows):
   for dim, s in zip(dims, stats):
     lo, hi = matrix_functions.extreme_eigenvalues(codec.decode(s, dim))
     condition.append(jnp.where(lo > 0, hi / jnp.where(lo > 0, lo, 1), jnp.inf))
-  take = lambda arrays, f, r: jnp.take(arrays[f], jnp.asarray(r), axis=0)  # noqa: E731
+  take = lambda arrays, g, r: jnp.take(arrays[g], jnp.asarray(r), axis=0)  # noqa: E731
   return [
       (jnp.max(jnp.stack([jnp.max(take(errors, g, r)) for g, r in rows])),
        jnp.sum(jnp.stack([jnp.sum(take(failures, g, r)) for g, r in rows])),
@@ -122,22 +122,22 @@ def _is_state(x) -> bool:
 
 def _check_layout(plan, stats, codec):
   got = [(codec.num_matrices(s), jax.tree.leaves(s)[0].shape[1]) for s in stats]
-  want = [(f.rows, f.dim) for f in plan.factors]
-  if codec.dtype != "float32":  # packed upper triangles
-    want = [(n, quantization.packed_size(d)) for n, d in want]
+  want = [(g.padded_size, g.dim if codec.paired else quantization.packed_size(g.dim))
+          for g in plan.groups]
   if len(got) != len(want) or any(
       n < w_n or m != w_m for (n, m), (w_n, w_m) in zip(got, want)):
     raise ValueError(
         "The layout arguments do not match the optimizer state: pass diagnostics() the "
         "block_size, max_merged_dim, skip_preconditioning_dim_size_gt and exponent_override "
-        f"the optimizer was built with (state factors {got}, these arguments give {want})"
+        f"the optimizer was built with (state groups {got}, these arguments give {want})"
     )
 
 
 def _rows_of_leaf(plan: blocking.Plan, leaf: int) -> list[tuple[int, np.ndarray]]:
-  """(factor, rows) holding the statistics of one parameter's blocks."""
+  """(group, rows) holding the statistics of one parameter's blocks."""
   out = []
   for stack_index, first, count in plan.block_location(leaf):
-    for _, factor in plan.stacks[stack_index].factors:
-      out.append((factor, first + np.arange(count)))
+    for _, index in plan.stacks[stack_index].factors:
+      factor = plan.factors[index]
+      out.append((factor.group, factor.offset + first + np.arange(count)))
   return out

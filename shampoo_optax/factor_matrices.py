@@ -4,12 +4,12 @@
 
 Shared by Shampoo (inverse roots) and SOAP (eigenbases). Per block ``G`` of a
 stack and preconditioned axis, a factor matrix ``L <- b2 L + (1 - b2) G G^T``
-(contracting every other axis for higher-rank blocks), one array per (stack,
-axis) in a stored form (see ``blocking.py`` and ``quantization.py``); and,
+(contracting every other axis for higher-rank blocks), kept in groups (see
+``blocking.py``) in a stored form (see ``quantization.py``); and,
 refreshed from each every ``precondition_every`` steps, its preconditioner
 (Shampoo: the inverse root; SOAP: the eigenbasis).
 
-The refresh schedule: with ``stagger``, row ``i`` of a refresh group (see
+The refresh schedule: with ``stagger``, row ``i`` of a group (see
 ``blocking.Group``) is refreshed on the steps ``t`` with ``(t - t0) % k == i %
 k``: ``1/k`` of the rows on every step, so no step pays for all of them, and
 the same rows whatever the mesh, so that sharded and single-device runs agree.
@@ -67,28 +67,27 @@ def is_params_stand_in(params) -> bool:
 
 def init(plan: blocking.Plan, codec: quantization.Codec, precond_codec: quantization.Codec,
          block_sharding, params=None) -> tuple:
-  """Per factor: zero statistics, identity preconditioners, zero errors and failures."""
+  """Per group: zero statistics, identity preconditioners, zero errors and failures."""
   if is_params_stand_in(params):
     return (STAND_IN_GROUPS,) * 4
   place = lambda tree: jax.tree.map(block_sharding.place, tree)  # noqa: E731
-  factors = plan.factors
+  groups = plan.groups
   return (
-      tuple(place(codec.empty(f.rows, f.dim)) for f in factors),
-      tuple(place(precond_codec.empty(f.rows, f.dim, identity=True)) for f in factors),
-      tuple(place(jnp.zeros((f.rows,), jnp.float32)) for f in factors),
-      tuple(place(jnp.zeros((f.rows,), jnp.int32)) for f in factors),
+      tuple(place(codec.empty(g.padded_size, g.dim)) for g in groups),
+      tuple(place(precond_codec.empty(g.padded_size, g.dim, identity=True)) for g in groups),
+      tuple(place(jnp.zeros((g.padded_size,), jnp.float32)) for g in groups),
+      tuple(place(jnp.zeros((g.padded_size,), jnp.int32)) for g in groups),
   )
 
 
 def accumulate(plan: blocking.Plan, stats: tuple, grad_stacks: list[jax.Array],
                b2: jax.typing.ArrayLike, codec: quantization.Codec, count: jax.Array) -> tuple:
-  """stats <- b2 stats + (1 - b2) G G^T for every factor, in stored form.
+  """stats <- b2 stats + (1 - b2) G G^T for every group, in stored form.
 
   Compact storage rounds stochastically, with a key derived from ``count``
   (the same on every run).
   """
-  weight = moments.moment_weight(b2)
-  out = list(stats)
+  parts: list[list[jax.Array]] = [[] for _ in plan.groups]
   for stack, grads in zip(plan.stacks, grad_stacks):
     rank = len(stack.block_shape)
     for axis, index in stack.factors:
@@ -97,15 +96,27 @@ def accumulate(plan: blocking.Plan, stats: tuple, grad_stacks: list[jax.Array],
           blocking.statistic_einsum(rank, axis), grads, grads,
           precision=jax.lax.Precision.HIGHEST,
       )
-      # The state may carry more rows than the plan asks for (a state saved on
-      # a larger mesh and restored on a smaller one): pad to what it has.
-      rows = codec.num_matrices(stats[index])
-      contribution = jnp.pad(contribution, ((0, rows - factor.size), (0, 0), (0, 0)))
-      key = None
-      if codec.dtype != "float32":
-        key = jax.random.fold_in(jax.random.fold_in(jax.random.key(0), count), index)
-      out[index] = codec.accumulate(stats[index], contribution, b2, weight, factor.dim, key)
+      pad = plan.groups[factor.group].dim - factor.dim
+      parts[factor.group].append(jnp.pad(contribution, ((0, 0), (0, pad), (0, pad))))
+  weight = moments.moment_weight(b2)
+  out = []
+  for index, (group, old, new) in enumerate(zip(plan.groups, stats, parts)):
+    new = jnp.concatenate(new, axis=0) if len(new) > 1 else new[0]
+    # The state may carry more padding than the plan asks for (a state saved
+    # on a larger mesh and restored on a smaller one): pad to what it has.
+    rows = codec.num_matrices(old)
+    new = jnp.pad(new, ((0, rows - new.shape[0]), (0, 0), (0, 0)))
+    key = None
+    if codec.dtype != "float32":
+      key = jax.random.fold_in(jax.random.fold_in(jax.random.key(0), count), index)
+    out.append(codec.accumulate(old, new, b2, weight, group.dim, key))
   return tuple(out)
+
+
+def decode_factors(plan: blocking.Plan, stored: tuple, codec: quantization.Codec) -> list:
+  """float32 ``[size, dim, dim]`` per factor, read from its group as slices."""
+  return [codec.decode_range(stored[f.group], f.offset, f.size, f.dim, plan.groups[f.group].dim)
+          for f in plan.factors]
 
 
 def refresh(plan: blocking.Plan, stats: tuple, precond: tuple, errors: tuple,
@@ -115,19 +126,17 @@ def refresh(plan: blocking.Plan, stats: tuple, precond: tuple, errors: tuple,
   """Recomputes the preconditioners that are due at step ``count``, group by group."""
   if block_sharding.size > 1:
     compute = _one_matrix_at_a_time_on_cpu(compute)
-  precond, errors, failures = list(precond), list(errors), list(failures)
-  for group in plan.groups:
-    members = [plan.factors[i] for i in group.factors]
+  out = []
+  for group, s, p, e, n in zip(plan.groups, stats, precond, errors, failures):
     refresh_group = functools.partial(
-        _refresh_group, members=members, group=group, compute=compute, schedule=schedule,
-        codec=codec, precond_codec=precond_codec)
-    pick = lambda xs: tuple(xs[i] for i in group.factors)  # noqa: B023, E731
-    new = block_sharding.map_blocks(
-        refresh_group, (pick(stats), pick(precond), pick(errors), pick(failures)), (count,))
-    for i, p, e, n in zip(group.factors, *new):
-      precond[i], errors[i], failures[i] = (jax.tree.map(block_sharding.place, x)
-                                            for x in (p, e, n))
-  return tuple(precond), tuple(errors), tuple(failures)
+        _refresh_group, dim=group.dim, exponent=group.exponent, compute=compute,
+        schedule=schedule, codec=codec, precond_codec=precond_codec)
+    out.append(block_sharding.map_blocks(refresh_group, (s, p, e, n), (count,)))
+  if not out:
+    return (), (), ()
+  place = lambda tree: jax.tree.map(block_sharding.place, tree)  # noqa: E731
+  precond, errors, failures = (tuple(place(x) for x in xs) for xs in zip(*out))
+  return precond, errors, failures
 
 
 def _one_matrix_at_a_time_on_cpu(compute: Compute) -> Compute:
@@ -173,19 +182,15 @@ def due_rows(schedule: Schedule, count: jax.Array, n: int,
   return jnp.arange(n), jnp.broadcast_to(due, (n,))
 
 
-def _refresh_group(stats, precond, errors, failures, count, device, *, members, group,
-                   compute, schedule, codec, precond_codec):
+def _refresh_group(stats, precond, errors, failures, count, device, *, dim, exponent, compute,
+                   schedule, codec, precond_codec):
   """One group (or one device's rows of it): refresh the rows that are due."""
-  schedules = []
-  for f, s in zip(members, stats):
-    n = codec.num_matrices(s)  # this device's rows of the factor
-    schedules.append(due_rows(schedule, count, n, f.offset + device * n))
-  any_due = jnp.any(jnp.stack([jnp.any(due) for _, due in schedules]))
-  update = functools.partial(_update_rows, members=members, group=group, count=count,
+  n = codec.num_matrices(stats)  # this device's rows
+  rows, due = due_rows(schedule, count, n, device * n)  # rows past n: dropped
+  update = functools.partial(_update_rows, dim=dim, exponent=exponent, count=count,
                              compute=compute, dense=schedule.dense, codec=codec,
                              precond_codec=precond_codec)
-  return jax.lax.cond(any_due, update, _keep, stats, precond, errors, failures,
-                      tuple(rows for rows, _ in schedules))
+  return jax.lax.cond(jnp.any(due), update, _keep, stats, precond, errors, failures, rows)
 
 
 def _keep(stats, precond, errors, failures, rows):
@@ -211,45 +216,24 @@ def _read(codec, stored, rows, d, dense, ridge=False):
   return full
 
 
-def _pad(x, dim):
-  pad = dim - x.shape[-1]
-  return jnp.pad(x, ((0, 0), (0, pad), (0, pad))) if pad else x
-
-
-def _update_rows(stats, precond, errors, failures, rows, *, members, group, count, compute,
+def _update_rows(stats, precond, errors, failures, rows, *, dim, exponent, count, compute,
                  dense, codec, precond_codec):
   """New preconditioners where they are good; the old ones (and a failure) elsewhere."""
-  s = [_pad(_read(codec, x, r, f.dim, dense, ridge=True), group.dim)
-       for f, x, r in zip(members, stats, rows)]
-  old = [_pad(_read(precond_codec, x, r, f.dim, dense), group.dim)
-         for f, x, r in zip(members, precond, rows)]
-  sizes = [x.shape[0] for x in s]
-  joined = lambda xs: xs[0] if len(xs) == 1 else jnp.concatenate(xs, axis=0)  # noqa: E731
-  new, error, ok = compute(joined(s), joined(old), group.exponent, count)
-  out = ([], [], [])
-  start = 0
-  for f, s_f, old_f, p, e, n, r, size in zip(members, s, old, precond, errors, failures, rows,
-                                             sizes):
-    new_f, error_f, ok_f = (x[start:start + size] for x in (new, error, ok))
-    start += size
-    # A statistic that is still zero (no gradient reached it) keeps its
-    # preconditioner without counting a failure.
-    seen = jnp.any(s_f != 0, axis=(-2, -1))
-    ok_f = seen & ok_f & jnp.all(jnp.isfinite(new_f), axis=(-2, -1))
-    new_f = jnp.where(ok_f[:, None, None], new_f, old_f)[:, :f.dim, :f.dim]
-    if dense:
-      e_old, n_old = e, n
-    else:
-      e_old = jnp.take(e, r, mode="fill", fill_value=0)
-      n_old = jnp.take(n, r, mode="fill", fill_value=0)
-    e_new = jnp.where(seen, error_f, e_old)
-    n_new = n_old + (seen & ~ok_f).astype(n.dtype)
-    if dense:
-      out[0].append(precond_codec.encode(new_f))
-      out[1].append(e_new)
-      out[2].append(n_new)
-    else:
-      out[0].append(precond_codec.put_rows(p, r, new_f))
-      out[1].append(e.at[r].set(e_new, mode="drop"))
-      out[2].append(n.at[r].set(n_new, mode="drop"))
-  return tuple(out[0]), tuple(out[1]), tuple(out[2])
+  s = _read(codec, stats, rows, dim, dense, ridge=True)
+  old = _read(precond_codec, precond, rows, dim, dense)
+  new, error, ok = compute(s, old, exponent, count)
+  # A statistic that is still zero (no gradient reached it) keeps its
+  # preconditioner without counting a failure.
+  seen = jnp.any(s != 0, axis=(-2, -1))
+  ok = seen & ok & jnp.all(jnp.isfinite(new), axis=(-2, -1))
+  new = jnp.where(ok[:, None, None], new, old)
+  if dense:
+    return (precond_codec.encode(new), jnp.where(seen, error, errors),
+            failures + (seen & ~ok).astype(failures.dtype))
+  e = jnp.where(seen, error, jnp.take(errors, rows, mode="fill", fill_value=0))
+  f = jnp.take(failures, rows, mode="fill", fill_value=0) + (seen & ~ok).astype(failures.dtype)
+  return (
+      precond_codec.put_rows(precond, rows, new),
+      errors.at[rows].set(e, mode="drop"),
+      failures.at[rows].set(f, mode="drop"),
+  )

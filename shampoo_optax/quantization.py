@@ -5,10 +5,9 @@
 Statistics ``G G^T`` and their inverse roots are symmetric, so half of each
 matrix is stored. ``statistics_dtype``:
 
-* ``float32`` (the default): two symmetric matrices share one ``d x (d + 1)``
-  array: matrix ``2j`` in its upper triangle (with the diagonal), matrix
-  ``2j + 1`` in its strict lower triangle and its diagonal in the last column
-  (:class:`PairedSymmetric`). Reading and writing them is an elementwise select
+* ``float32`` (the default): two symmetric matrices share one ``d x d`` array,
+  matrix ``2j`` in its upper triangle (with the diagonal), matrix ``2j + 1`` in
+  its strict lower triangle, with its diagonal beside (:class:`SymmetricPairs`). Reading and writing them is an elementwise select
   and a transpose, with no gather, so the per-step statistics update and the
   roots' use cost one pass over half-sized arrays; the accumulation
   ``b2 S + (1 - b2) G G^T`` is even done in the stored form (it is linear).
@@ -99,7 +98,7 @@ def stored_dtype(stored) -> str:
   """The codec dtype of a stored group of matrices."""
   if isinstance(stored, ScaledIntMatrices):
     return jnp.dtype(stored.values.dtype).name
-  return jnp.dtype(stored.dtype).name
+  return jnp.dtype(jax.tree.leaves(stored)[0].dtype).name
 
 
 @functools.lru_cache(maxsize=64)
@@ -113,54 +112,56 @@ def _layout(d: int):
   return flat, packed_of, rows.astype(np.int32), (rows == cols)
 
 
-def _paired(d: int):
-  """Masks of the paired layout: upper triangle with the diagonal; strict lower."""
-  i = np.arange(d)
-  return jnp.asarray(i[:, None] <= i[None, :]), jnp.asarray(i[:, None] > i[None, :])
+class SymmetricPairs(NamedTuple):
+  """Pairs of symmetric float32 matrices, half the storage of the full ones.
 
-
-def _pair_encode(full: jax.Array) -> jax.Array:
-  """``[2h, d, d]`` symmetric -> ``[h, d, d + 1]`` (see :class:`PairedSymmetric`)."""
-  n, d = full.shape[0], full.shape[-1]
-  pairs = full.reshape(n // 2, 2, d, d)
-  upper, _ = _paired(d)
-  first, second = pairs[:, 0], pairs[:, 1]
-  diagonal = jnp.sum(jnp.where(jnp.eye(d, dtype=bool), second, 0.0), axis=-1)
-  return jnp.concatenate([jnp.where(upper, first, second), diagonal[..., None]], axis=-1)
-
-
-def _pair_decode(stored: jax.Array, d: int, half=None) -> jax.Array:
-  """``[h, d, d + 1]`` -> ``[2h, d, d]``; with ``half`` (bool ``[h]``, True for
-  the second of a pair), one matrix per stored pair: ``[h, d, d]``."""
-  triangles, diagonal = stored[..., :d], stored[..., d:]
-  mirrored = jnp.swapaxes(triangles, -1, -2)
-  upper, lower = _paired(d)
-  eye = jnp.eye(d, dtype=bool)
-  first = jnp.where(upper, triangles, mirrored)
-  second = jnp.where(eye, diagonal, jnp.where(lower, triangles, mirrored))
-  if half is not None:
-    return jnp.where(half[:, None, None], second, first)
-  return jnp.stack([first, second], axis=1).reshape(-1, d, d)
-
-
-class PairedSymmetric:
-  """Namespace of the default float32 layout of symmetric matrices.
-
-  ``[h, d, d + 1]`` float32 holds ``2h`` symmetric ``d x d`` matrices: matrix
-  ``2j`` is the upper triangle (with the diagonal) of ``[j, :, :d]``, matrix
-  ``2j + 1`` the strict lower triangle of ``[j, :, :d]`` with its diagonal in
-  ``[j, :, d]``.
+  Attributes:
+    triangles: float32 ``[h, d, d]``: matrix ``2j`` in the upper triangle of
+      ``triangles[j]`` (with the diagonal), matrix ``2j + 1`` in its strict
+      lower triangle.
+    diagonals: float32 ``[h, d]``: the diagonal of matrix ``2j + 1``.
   """
 
-  encode = staticmethod(_pair_encode)
-  decode = staticmethod(_pair_decode)
+  triangles: jax.Array
+  diagonals: jax.Array
+
+
+def _masks(d: int):
+  """Upper triangle with the diagonal; strict lower; the diagonal (from iotas,
+  which XLA fuses into their users instead of materializing d x d constants)."""
+  i = jax.lax.broadcasted_iota(jnp.int32, (d, d), 0)
+  j = jax.lax.broadcasted_iota(jnp.int32, (d, d), 1)
+  return i <= j, i > j, i == j
+
+
+def _pair_encode(full: jax.Array) -> SymmetricPairs:
+  """``[2h, d, d]`` symmetric -> :class:`SymmetricPairs` (elementwise selects)."""
+  n, d = full.shape[0], full.shape[-1]
+  pairs = full.reshape(n // 2, 2, d, d)
+  upper, _, eye = _masks(d)
+  second = pairs[:, 1]
+  return SymmetricPairs(jnp.where(upper, pairs[:, 0], second),
+                        jnp.sum(jnp.where(eye, second, 0.0), axis=-1))
+
+
+def _pair_decode(stored: SymmetricPairs, half=None) -> jax.Array:
+  """:class:`SymmetricPairs` -> ``[2h, d, d]``; with ``half`` (bool ``[h]``,
+  True for the second of a pair), one matrix per stored pair: ``[h, d, d]``."""
+  triangles, diagonals = stored
+  mirrored = jnp.swapaxes(triangles, -1, -2)
+  upper, lower, eye = _masks(triangles.shape[-1])
+  first = jnp.where(upper, triangles, mirrored)
+  second = jnp.where(eye, diagonals[..., None], jnp.where(lower, triangles, mirrored))
+  if half is not None:
+    return jnp.where(half[:, None, None], second, first)
+  return jnp.stack([first, second], axis=1).reshape(-1, *triangles.shape[1:])
 
 
 @dataclasses.dataclass(frozen=True)
 class Codec:
   """How a set of ``d x d`` matrices is stored: dtype, and symmetric or not.
 
-  Symmetric float32 matrices are stored in pairs (:class:`PairedSymmetric`),
+  Symmetric float32 matrices are stored in pairs (:class:`SymmetricPairs`),
   compact symmetric ones as packed upper triangles; others (eigenbases) whole,
   as ``[n, d, d]`` (float32, bfloat16) or ``[n, d * d]`` (int8).
   """
@@ -229,14 +230,24 @@ class Codec:
     pass over it; the other forms decode, add and encode.
     """
     if self.paired:
-      return decay * stored + weight * _pair_encode(new)
+      return jax.tree.map(lambda s, n: decay * s + weight * n, stored, _pair_encode(new))
     return self.encode(decay * self.decode(stored, d) + weight * new, key)
+
+  def decode_range(self, stored, start: int, size: int, d: int, slot: int) -> jax.Array:
+    """float32 ``[size, d, d]``: the top-left ``d x d`` corners of matrices
+    ``[start, start + size)`` of ``slot x slot`` ones, read as slices."""
+    if self.paired:
+      first, last = start // 2, -(-(start + size) // 2)
+      part = SymmetricPairs(stored.triangles[first:last, :d, :d], stored.diagonals[first:last, :d])
+      skip = start - 2 * first
+      return _pair_decode(part)[skip:skip + size]
+    part = jax.tree.map(lambda x: x[start:start + size], stored)
+    return self.decode(part, slot)[:, :d, :d]
 
   def take_rows(self, stored, rows: jax.Array, d: int) -> jax.Array:
     """float32 ``[len(rows), d, d]``: the matrices at ``rows`` (out of range: zeros)."""
     if self.paired:
-      pairs = jnp.take(stored, rows // 2, axis=0, mode="fill", fill_value=0)
-      return _pair_decode(pairs, d, half=rows % 2 == 1)
+      return _pair_decode(take_rows(stored, rows // 2), half=rows % 2 == 1)
     return self.decode(take_rows(stored, rows), d)
 
   def put_rows(self, stored, rows: jax.Array, full: jax.Array):
@@ -248,15 +259,15 @@ class Codec:
     if not self.paired:
       return put_rows(stored, rows, self.encode(full))
     d = full.shape[-1]
-    index = jnp.where(rows < self.num_matrices(stored), rows // 2, stored.shape[0])
-    old = jnp.take(stored, index, axis=0, mode="fill", fill_value=0)
-    upper, lower = _paired(d)
-    second = (rows % 2 == 1)[:, None, None]
-    diagonal = jnp.sum(jnp.where(jnp.eye(d, dtype=bool), full, 0.0), axis=-1)[..., None]
-    triangles = jnp.where(second, jnp.where(lower, full, old[..., :d]),
-                          jnp.where(upper, full, old[..., :d]))
-    new = jnp.concatenate([triangles, jnp.where(second, diagonal, old[..., d:])], axis=-1)
-    return stored.at[index].set(new, mode="drop")
+    index = jnp.where(rows < self.num_matrices(stored), rows // 2, stored.triangles.shape[0])
+    old = take_rows(stored, index)
+    upper, lower, eye = _masks(d)
+    second = rows % 2 == 1
+    keep = jnp.where(second[:, None, None], lower, upper)
+    new = SymmetricPairs(
+        jnp.where(keep, full, old.triangles),
+        jnp.where(second[:, None], jnp.sum(jnp.where(eye, full, 0.0), axis=-1), old.diagonals))
+    return put_rows(stored, index, new)
 
   def rounding_noise(self, stored, full: jax.Array) -> jax.Array:
     """``[n]``: a high-probability bound on the spectral norm of the storage error.
@@ -279,7 +290,7 @@ class Codec:
   def decode(self, stored, d: int) -> jax.Array:
     """Stored form -> float32 ``[n, d, d]``."""
     if self.paired:
-      return _pair_decode(stored, d)
+      return _pair_decode(stored)
     if not isinstance(stored, ScaledIntMatrices) and stored.ndim == 3:
       return stored.astype(jnp.float32)  # unsymmetric, whole
     if self.symmetric:

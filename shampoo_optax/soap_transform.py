@@ -245,8 +245,8 @@ def _carry_second_moment(plan, outputs, old_bases, new_bases, count, *, schedule
   Only the rows refreshed at this step are touched (``1/precondition_every``
   of them when staggered), under ``jax.lax.cond``, like the refresh.
   """
-  due_now = [factor_matrices.due_rows(schedule, count, basis_codec.num_matrices(old), f.offset)
-             for f, old in zip(plan.factors, old_bases)]
+  due_now = [factor_matrices.due_rows(schedule, count, basis_codec.num_matrices(old))
+             for old in old_bases]
   any_due = jnp.any(jnp.stack([jnp.any(due) for _, due in due_now]))
   carry = functools.partial(_carry_due, plan, old_bases=old_bases, new_bases=new_bases,
                             due_now=due_now, basis_codec=basis_codec)
@@ -255,23 +255,25 @@ def _carry_second_moment(plan, outputs, old_bases, new_bases, count, *, schedule
 
 def _carry_due(plan, nu_stacks, *, old_bases, new_bases, due_now, basis_codec):
   maps = []
-  for f, old, new, (rows, due) in zip(plan.factors, old_bases, new_bases, due_now):
-    q_old = basis_codec.take_rows(old, rows, f.dim)
-    q_new = basis_codec.take_rows(new, rows, f.dim)
+  for group, old, new, (rows, due) in zip(plan.groups, old_bases, new_bases, due_now):
+    q_old = basis_codec.take_rows(old, rows, group.dim)
+    q_new = basis_codec.take_rows(new, rows, group.dim)
     p = jnp.einsum("zka,zki->zai", q_new, q_old, precision=jax.lax.Precision.HIGHEST)
     # Unchanged (not due, or the new basis was rejected): the identity, exactly.
     changed = due & jnp.any(q_new != q_old, axis=(-2, -1))
-    eye = jnp.eye(f.dim, dtype=p.dtype)[None]
+    eye = jnp.eye(group.dim, dtype=p.dtype)[None]
     maps.append((rows, changed, jnp.where(changed[:, None, None], jnp.square(p), eye)))
   out = []
   for stack, blocks in zip(plan.stacks, nu_stacks):
-    for axis, factor in stack.factors:
-      rows, changed, m = maps[factor]
-      inside = changed & (rows < stack.size)
-      index = jnp.where(inside, rows, stack.size)  # elsewhere: not gathered, dropped
-      sub = jnp.take(blocks, index, axis=0, mode="fill", fill_value=0)
+    for axis, index in stack.factors:
+      factor = plan.factors[index]
+      rows, changed, m = maps[factor.group]
+      local = rows - factor.offset  # the stack's blocks among the group's rows
+      inside = changed & (local >= 0) & (local < stack.size)
+      local = jnp.where(inside, local, stack.size)  # elsewhere: not gathered, dropped
+      sub = jnp.take(blocks, local, axis=0, mode="fill", fill_value=0)
       sub = core.along_axis(sub, m, axis, transpose=False)
-      blocks = blocks.at[index].set(sub, mode="drop")
+      blocks = blocks.at[local].set(sub, mode="drop")
     out.append(blocks)
   return out
 

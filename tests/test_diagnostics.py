@@ -45,7 +45,7 @@ def test_failures_are_reported_for_the_parameter(rng):
   update = jax.jit(tx.update)
   _, state = update(random_tree(rng, SHAPES), state)
   # Break every statistic: 'w' has 2 blocks x 2 axes, 'v' 1 block x 2 axes.
-  stats = tuple(s.at[:].set(jnp.nan) for s in state.stats)
+  stats = jax.tree.map(lambda s: s.at[:].set(jnp.nan), state.stats)
   _, state = update(random_tree(rng, SHAPES), state._replace(stats=stats))
   report = shampoo_optax.diagnostics(state, params, block_size=8)
   assert int(report["['w']"]["root_failures"]) == 4
