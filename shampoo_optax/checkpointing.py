@@ -16,8 +16,8 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from shampoo_optax import quantization
-from shampoo_optax.sharding import BlockSharding
 from shampoo_optax.shampoo_transform import ShampooState
+from shampoo_optax.sharding import BlockSharding
 from shampoo_optax.soap_transform import SoapState
 
 
@@ -79,7 +79,8 @@ def state_shardings(
         if name == "count":
           fields[name] = replicated
         elif name in ("mu", "nu"):
-          fields[name] = () if isinstance(value, tuple) and not value else jax.tree.map(_moment_sharding, like_params, value)
+          empty = isinstance(value, tuple) and not value  # a graft without nu
+          fields[name] = () if empty else jax.tree.map(_moment_sharding, like_params, value)
         else:
           fields[name] = jax.tree.map(lambda _: blocks, value)
       return type(node)(**fields)

@@ -50,9 +50,10 @@ def diagnostics(
     exponent_override: as given to the optimizer.
 
   Returns:
-    ``{path: {"root_error": float32, "root_failures": int32, "condition":
-    float32}}`` for each preconditioned parameter, ``path`` as
-    ``jax.tree_util.keystr`` writes it. ``condition`` is
+    A dict with an entry per preconditioned parameter, keyed by its path as
+    ``jax.tree_util.keystr`` writes it, each
+    ``{"root_error": float32, "root_failures": int32, "condition": float32}``.
+    ``condition`` is
     ``lambda_max / lambda_min`` of the worst statistic (a lower bound from
     Lanczos; ``inf`` when singular), before the ``matrix_eps`` ridge.
 

@@ -7,13 +7,13 @@ matrix is stored. ``statistics_dtype``:
 
 * ``float32`` (the default): two symmetric matrices share one ``d x d`` array,
   matrix ``2j`` in its upper triangle (with the diagonal), matrix ``2j + 1`` in
-  its strict lower triangle, with its diagonal beside (:class:`SymmetricPairs`). Reading and writing them is an elementwise select
-  and a transpose, with no gather, so the per-step statistics update and the
-  roots' use cost one pass over half-sized arrays; the accumulation
-  ``b2 S + (1 - b2) G G^T`` is even done in the stored form (it is linear).
-  Before it, matrices were packed upper triangles, unpacked by a gather with a
-  ``d x d`` index map on every step: the compiled update of a 6.5M-parameter
-  Transformer read 2.29 GB against 0.26 GB for AdamW's (``benchmarks/update_cost.py``).
+  its strict lower triangle, with its diagonal beside (:class:`SymmetricPairs`).
+  Reading and writing them is an elementwise select and a transpose, with no
+  gather, so the per-step statistics update and the roots' use cost one pass
+  over half-sized arrays, and the accumulation ``b2 S + (1 - b2) G G^T`` is
+  done in the stored form (it is linear). (Until 0.2, float32 matrices were
+  packed upper triangles, unpacked and re-packed by gathers with a ``d x d``
+  index map on every step.)
 * ``bfloat16``: roots (SOAP: eigenbases) in bfloat16; statistics in 16 bits
   as ``int16`` below.
 * ``int8``: roots / bases as int8 off-diagonals with one float32 scale per row

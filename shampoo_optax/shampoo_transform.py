@@ -38,8 +38,16 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from shampoo_optax import (blocking, core, factor_matrices, grafting, matrix_functions, moments,
-                           quantization, validation)
+from shampoo_optax import (
+  blocking,
+  core,
+  factor_matrices,
+  grafting,
+  matrix_functions,
+  moments,
+  quantization,
+  validation,
+)
 from shampoo_optax import sharding as sharding_lib
 
 ROOT_METHODS = ("auto", "newton", "eigh")
@@ -103,10 +111,12 @@ class ShampooState(NamedTuple):
 
 
 def scale_by_shampoo(
-    block_size: int = 128,
     b1: jax.typing.ArrayLike = 0.9,
     b2: jax.typing.ArrayLike = 0.95,
     eps: jax.typing.ArrayLike = 1e-8,
+    mu_dtype: Any | None = None,
+    *,
+    block_size: int = 128,
     matrix_eps: jax.typing.ArrayLike = 1e-4,
     precondition_every: int = 10,
     start_preconditioning_step: int = 2,
@@ -118,7 +128,6 @@ def scale_by_shampoo(
     root_method: str = "auto",
     stagger_root_refresh: bool = True,
     max_root_error: jax.typing.ArrayLike = 0.25,
-    mu_dtype: Any | None = None,
     statistics_dtype: Any = "float32",
     pseudo_inverse_rtol: float | None = None,
     mesh: jax.sharding.Mesh | None = None,
@@ -173,8 +182,9 @@ def scale_by_shampoo(
       paper's preconditioner (Morwani et al., 2024, "A New Perspective on
       Shampoo's Preconditioner", relate it to the best Kronecker approximation;
       with grafting only the direction changes), which beat the paper's choice on
-      both benchmarks (``benchmarks/README.md``). ``None``: the paper's
-      ``-1/(2k)`` for blocks with ``k`` preconditioned axes.
+      both benchmarks (``benchmarks/README.md``). ``None`` or ``0`` (as in
+      Google's implementation): the paper's ``-1/(2k)`` for blocks with ``k``
+      preconditioned axes.
     max_merged_dim: adjacent dimensions of a parameter are merged while their
       product is at most this (default: ``block_size``); size-1 dimensions are
       always dropped. Tensors that merge into a vector use the diagonal method.
@@ -218,6 +228,13 @@ def scale_by_shampoo(
     An ``optax.GradientTransformationExtraArgs`` whose state is a
     :class:`ShampooState`.
 
+  References:
+    Gupta et al., `Shampoo: Preconditioned Stochastic Tensor Optimization
+    <https://arxiv.org/abs/1802.09568>`_, 2018
+
+    Anil et al., `Scalable Second Order Optimization for Deep Learning
+    <https://arxiv.org/abs/2002.09018>`_, 2020
+
   Examples:
     >>> import jax, jax.numpy as jnp, optax
     >>> import shampoo_optax
@@ -229,6 +246,7 @@ def scale_by_shampoo(
     >>> updates, state = tx.update(grads, state, params)
     >>> params = optax.apply_updates(params, updates)
   """
+  exponent_override = validation.canonical_exponent_override(exponent_override)
   validation.validate_layout(
       block_size=block_size,
       precondition_every=precondition_every,

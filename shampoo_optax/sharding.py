@@ -29,7 +29,6 @@ import jax
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 
-
 @dataclasses.dataclass(frozen=True)
 class BlockSharding:
   """Where the leading (block) axis of each group of statistics lives."""

@@ -66,17 +66,18 @@ class SoapState(NamedTuple):
 
 
 def scale_by_soap(
-    block_size: int = 128,
     b1: jax.typing.ArrayLike = 0.9,
     b2: jax.typing.ArrayLike = 0.9,
     eps: jax.typing.ArrayLike = 1e-8,
+    mu_dtype: Any | None = None,
+    *,
+    block_size: int = 128,
     precondition_every: int = 10,
     start_preconditioning_step: int = 0,
     max_merged_dim: int | None = None,
     skip_preconditioning_dim_size_gt: int = 4096,
     basis_method: str = "auto",
     stagger_basis_refresh: bool = True,
-    mu_dtype: Any | None = None,
     statistics_dtype: Any = "float32",
     mesh: jax.sharding.Mesh | None = None,
     block_axis: str | tuple[str, ...] | None = None,
@@ -131,6 +132,13 @@ def scale_by_soap(
   Returns:
     An ``optax.GradientTransformationExtraArgs`` with a :class:`SoapState`.
 
+  References:
+    Vyas et al., `SOAP: Improving and Stabilizing Shampoo using Adam
+    <https://arxiv.org/abs/2409.11321>`_, 2024
+
+    George et al., `Fast Approximate Natural Gradient Descent in a Kronecker
+    Factored Eigenbasis <https://arxiv.org/abs/1806.03884>`_, 2018
+
   Examples:
     >>> import jax.numpy as jnp, optax
     >>> import shampoo_optax
@@ -143,7 +151,7 @@ def scale_by_soap(
       block_size=block_size, precondition_every=precondition_every,
       start_preconditioning_step=start_preconditioning_step,
       skip_preconditioning_dim_size_gt=skip_preconditioning_dim_size_gt,
-      max_merged_dim=max_merged_dim)
+      max_merged_dim=max_merged_dim, static_args_name="SOAP_STATIC_ARGS")
   validation.validate_choice("basis_method", basis_method, BASIS_METHODS)
   validation.validate_number("b1", b1, 0.0, 1.0, upper_open=True)
   validation.validate_number("b2", b2, 0.0, 1.0, upper_open=True)

@@ -114,7 +114,7 @@ def case_equivalence():
       inner = state[0]
       n = int(np.prod([mesh.shape[a] for a in ((block_axis,) if isinstance(block_axis, str)
                                                    else block_axis)]))
-      for stats in inner.stats + inner.roots:
+      for stats in jax.tree.leaves((inner.stats, inner.roots)):
         assert stats.shape[0] % n == 0, stats.shape
         assert stats.sharding.spec[0] is not None, stats.sharding
         assert stats.addressable_shards[0].data.shape[0] == stats.shape[0] // n
@@ -214,13 +214,14 @@ def case_memory():
     with jax.set_mesh(mesh):
       tx = shampoo_optax.scale_by_shampoo(block_size=16, mesh=mesh, block_axis="data")
       state = jax.jit(tx.init)(params)
-    arrays = state.stats + state.roots
+    arrays = jax.tree.leaves((state.stats, state.roots))
     per_device = sum(a.addressable_shards[0].data.nbytes for a in arrays)
     total_unpadded = 2 * sum(4 * d * d * s for d, s in  # float32 stats and roots
                              [(16, 5 * 4 * 3 * 2)])
-    # Each factor's rows are padded to a multiple of 2 N (pairs of matrices
-    # share storage on a device): at most one pair of padding per array and device.
-    padding = len(arrays) * 2 * 4 * 16 * 17 // 2
+    # Each group's rows are padded to a multiple of 2 N (pairs of matrices
+    # share storage on a device): at most one pair of padding per device in
+    # stats and in roots.
+    padding = 2 * 2 * 4 * 16 * 17 // 2
     assert per_device <= total_unpadded / n + padding, (n, per_device, total_unpadded)
     out[n] = per_device
   return out
@@ -256,7 +257,7 @@ def case_restore_smaller_mesh(tmpdir):
               "opt_state": shampoo_optax.abstract_state(
                   tx4, abstract_params, mesh4, "data", like=saved["opt_state"])}
     restored = ckpt.restore(path, target)
-    for group in restored["opt_state"][0].stats:
+    for group in jax.tree.leaves(restored["opt_state"][0].stats):
       assert len(group.sharding.device_set) == 4
     # Continue for 3 more steps on 4 devices; compare with 6 steps on one.
     traces = []

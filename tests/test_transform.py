@@ -192,7 +192,8 @@ def test_failed_root_keeps_previous_and_is_counted(rng):
   # triangle) made NaN, R still fine.
   (stats,) = state.stats
   assert stats.triangles.shape == (1, 4, 4)
-  state = state._replace(stats=(stats._replace(triangles=stats.triangles.at[0, 0, 0].set(jnp.nan)),))
+  broken = stats._replace(triangles=stats.triangles.at[0, 0, 0].set(jnp.nan))
+  state = state._replace(stats=(broken,))
   updates, state = update(random_tree(rng, {"w": (4, 4)}), state)
   assert np.all(np.isfinite(updates["w"]))
   new_roots = quantization.Codec().decode(state.roots[0], 4)
