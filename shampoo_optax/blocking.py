@@ -358,23 +358,56 @@ def to_stacks(plan: Plan, leaves: list[jax.Array], dtype=None) -> list[jax.Array
   return out
 
 
-def from_stacks(plan: Plan, stacks: list[jax.Array]) -> list[jax.Array | None]:
-  """One array per stack -> parameter-shaped arrays (None: diagonal-only leaf)."""
-  regions: dict[tuple[int, int], jax.Array] = {}
-  for stack, array in zip(plan.stacks, stacks):
+def block_norms(plan: Plan, leaves: list[jax.Array]) -> list[jax.Array]:
+  """Per stack, float32 ``[size]``: the Frobenius norm of each block, computed
+  from parameter-shaped arrays in place (a reshape and a reduction, no cut)."""
+  out = []
+  for stack in plan.stacks:
+    parts = []
+    for c, j in stack.members:
+      indices = plan.classes[c]
+      merged = plan.leaves[indices[0]].merged_shape
+      x = jnp.stack([leaves[i].reshape(merged).astype(jnp.float32) for i in indices])
+      piece = plan.class_plan(c).pieces[j]
+      limit = [x.shape[0]] + [s + g * b for s, g, b in
+                              zip(piece.start, piece.grid, piece.block_shape)]
+      region = jax.lax.slice(x, (0, *piece.start), limit)
+      interleaved = [v for g, b in zip(piece.grid, piece.block_shape) for v in (g, b)]
+      region = region.reshape((x.shape[0], *interleaved))
+      within = tuple(range(2, 2 * len(piece.grid) + 1, 2))  # each block's own axes
+      parts.append(jnp.sum(jnp.square(region), axis=within).reshape(-1))
+    out.append(jnp.sqrt(parts[0] if len(parts) == 1 else jnp.concatenate(parts)))
+  return out
+
+
+def from_stacks(plan: Plan, stacks: list[jax.Array],
+                scales: list[jax.Array] | None = None) -> list[jax.Array | None]:
+  """One array per stack -> parameter-shaped arrays (None: diagonal-only leaf).
+
+  ``scales``: per stack, a factor per block ``[size]``, applied to each
+  member's slice of the stack (so that the stack itself is read as slices,
+  not scaled whole for every parameter cut from it).
+  """
+  # Each leaf is put back from its own slice of the stack (not its class's
+  # region as a whole, then sliced): every output then reads only its blocks.
+  regions: dict[tuple[int, int], jax.Array] = {}  # (leaf, piece) -> [1, region]
+  for s, (stack, array) in enumerate(zip(plan.stacks, stacks)):
     offset = 0
     for c, j in stack.members:
-      n = plan.member_blocks(c, j)
-      regions[(c, j)] = _from_blocks(array[offset : offset + n], plan.class_plan(c).pieces[j],
-                                     len(plan.classes[c]))
-      offset += n
+      piece = plan.class_plan(c).pieces[j]
+      for i in plan.classes[c]:
+        part = array[offset : offset + piece.num_blocks]
+        if scales is not None:
+          factor = scales[s][offset : offset + piece.num_blocks]
+          part = part * factor.reshape(factor.shape + (1,) * (part.ndim - 1))
+        regions[(i, j)] = _from_blocks(part, piece, 1)
+        offset += piece.num_blocks
   out: list[jax.Array | None] = [None] * len(plan.leaves)
-  for c, indices in enumerate(plan.classes):
-    leaf = plan.class_plan(c)
-    parts = [regions[(c, j)] for j in range(len(leaf.pieces))]
-    whole = _assemble(parts, leaf.segments)  # [L, *merged]
-    for k, i in enumerate(indices):
-      out[i] = whole[k].reshape(leaf.shape)
+  for indices in plan.classes:
+    for i in indices:
+      leaf = plan.leaves[i]
+      parts = [regions[(i, j)] for j in range(len(leaf.pieces))]
+      out[i] = _assemble(parts, leaf.segments)[0].reshape(leaf.shape)
   return out
 
 

@@ -35,7 +35,7 @@ from shampoo_optax import blocking, factor_matrices, moments, quantization, vali
 from shampoo_optax import sharding as sharding_lib
 
 # apply(plan, blocks {name: [stack]}, preconditioners [per factor, [size, d, d]],
-#       scalars) -> {output name: [stack]}
+#       scalars) -> {output name: [stack] or ([stack], [per-block scale])}
 Apply = Callable[[blocking.Plan, dict, list, dict], dict]
 # after_refresh(plan, outputs, old preconditioners, new ones, count) -> outputs
 AfterRefresh = Callable[[blocking.Plan, dict, tuple, tuple, jax.Array], dict]
@@ -121,12 +121,19 @@ class Core:
       new, errors, failures = refresh(precond, errors, failures)
       outputs = variant.after_refresh(plan, outputs, precond, new, count)
       precond = new
-    leaves = {name: preconditioned_only(plan, blocking.from_stacks(plan, outputs[name]))
+    leaves = {name: preconditioned_only(plan, _from_stacks(plan, outputs[name]))
               for name in variant.outputs}
     return leaves, (stats, precond, errors, failures)
 
   def _place(self, groups):
     return tuple(jax.tree.map(self.block_sharding.place, g) for g in groups)
+
+
+def _from_stacks(plan, output):
+  """An output of ``Variant.apply``: stacks, or (stacks, per-block scales)."""
+  if isinstance(output, tuple):
+    return blocking.from_stacks(plan, *output)
+  return blocking.from_stacks(plan, output)
 
 
 def cut_into_blocks(plan: blocking.Plan, inputs: dict[str, list]) -> dict[str, list]:

@@ -294,9 +294,10 @@ def scale_by_shampoo(
     if not plan.stacks:
       return diagonal_step, mu, nu, groups
     leaves, treedef = jax.tree.flatten(diagonal_step)
-    inputs = {"grads": jax.tree.leaves(grads), "mu_hat": jax.tree.leaves(mu_hat),
-              "diagonal_step": leaves}
-    out, groups = shampoo_core.block_step(plan, inputs, groups, count, {"b2": b2}, variant)
+    inputs = {"grads": jax.tree.leaves(grads), "mu_hat": jax.tree.leaves(mu_hat)}
+    # The diagonal step is not cut into blocks: only its block norms are used.
+    scalars = {"b2": b2, "diagonal_step": leaves}
+    out, groups = shampoo_core.block_step(plan, inputs, groups, count, scalars, variant)
     use_shampoo = count > start_preconditioning_step
     preconditioned = [jnp.where(use_shampoo, p.astype(s.dtype), s)
                       for p, s in zip(out["step"], core.preconditioned_only(plan, leaves))]
@@ -318,22 +319,26 @@ def _debiased_first_moment(mu, grads, b1, count, nesterov):
 
 
 def _precondition_and_graft(plan, blocks, roots, scalars, *, graft):
-  """L^(-1/p) mu_hat R^(-1/p) per block, grafted to the diagonal step's norm."""
-  del scalars
-  out = []
-  for stack, x, diagonal in zip(plan.stacks, blocks["mu_hat"], blocks["diagonal_step"]):
+  """L^(-1/p) mu_hat R^(-1/p) per block, grafted to the diagonal step's norm.
+
+  The graft's per-block scale is returned beside the stacks and applied to
+  each parameter's slice of them as it is put back (``blocking.from_stacks``).
+  """
+  directions = []
+  for stack, x in zip(plan.stacks, blocks["mu_hat"]):
     for axis, factor in stack.factors:
       x = core.along_axis(x, roots[factor], axis, transpose=True)
-    out.append(_graft(x, diagonal) if graft != "none" else x)
-  return {"step": out}
+    directions.append(x)
+  if graft == "none":
+    return {"step": directions}
+  targets = blocking.block_norms(plan, scalars["diagonal_step"])
+  return {"step": (directions, [_graft_scale(x, t) for x, t in zip(directions, targets)])}
 
 
-def _graft(direction: jax.Array, diagonal_step: jax.Array) -> jax.Array:
-  """Rescales each block of ``direction`` to the norm of ``diagonal_step``'s."""
-  axes = tuple(range(1, direction.ndim))
-  norm = jnp.sqrt(jnp.sum(jnp.square(direction), axis=axes, keepdims=True))
-  target = jnp.sqrt(jnp.sum(jnp.square(diagonal_step), axis=axes, keepdims=True))
-  return direction * jnp.where(norm > 0, target / jnp.where(norm > 0, norm, 1), 0)
+def _graft_scale(direction: jax.Array, target_norm: jax.Array) -> jax.Array:
+  """``[n]``: what rescales each block of ``direction`` to ``target_norm``."""
+  norm = jnp.sqrt(jnp.sum(jnp.square(direction), axis=tuple(range(1, direction.ndim))))
+  return jnp.where(norm > 0, target_norm / jnp.where(norm > 0, norm, 1), 0)
 
 
 def _inverse_roots(stats, old_roots, p, count, *, method, matrix_eps, max_root_error,

@@ -163,6 +163,26 @@ def test_blocking_round_trip(rng, shape):
   np.testing.assert_array_equal(back, x)
 
 
+def test_block_norms_and_scaled_blocks_without_cutting(rng):
+  """Block norms read in place, and per-block scales applied while putting
+  blocks back, agree with cutting the blocks out (remainder pieces, 3-D and
+  4-D blocks, two leaves of one shape sharing a stack)."""
+  shapes = ((7, 5), (9, 4, 6), (130, 3, 70), (2, 3, 4, 5), (7, 5))
+  xs = [jnp.asarray(rng.standard_normal(s), jnp.float32) for s in shapes]
+  plan = blocking.make_plan(shapes, block_size=4, max_merged_dim=4,
+                            skip_preconditioning_dim_size_gt=100, exponent_override=None)
+  stacks = blocking.to_stacks(plan, xs)
+  for norms, blocks in zip(blocking.block_norms(plan, xs), stacks):
+    want = np.sqrt(np.sum(np.square(np.asarray(blocks)), axis=tuple(range(1, blocks.ndim))))
+    np.testing.assert_allclose(norms, want, rtol=1e-5)
+  scales = [jnp.asarray(rng.uniform(size=b.shape[0]), jnp.float32) for b in stacks]
+  got = blocking.from_stacks(plan, stacks, scales)
+  want = blocking.from_stacks(plan, [b * s.reshape((-1,) + (1,) * (b.ndim - 1))
+                                     for b, s in zip(stacks, scales)])
+  for x, y in zip(got, want):
+    np.testing.assert_allclose(x, y, rtol=1e-6)
+
+
 def test_conv_kernel_is_preconditioned_as_a_matrix(rng):
   # (3, 3, 8, 16) merges to (72, 16): rows in blocks 4 x 16 + 8, columns 16;
   # the one 8 x 8 statistic shares the 16 x 16 group.
