@@ -4,7 +4,7 @@
 
 from shampoo_optax import sharding
 from shampoo_optax.alias import shampoo, soap
-from shampoo_optax.checkpointing import abstract_state, state_shardings
+from shampoo_optax.checkpointing import abstract_state, state_shardings, upgrade_state
 from shampoo_optax.diagnostics import diagnostics
 from shampoo_optax.matrix_functions import matrix_inverse_pth_root
 from shampoo_optax.shampoo_transform import STATIC_ARGS, ShampooState, scale_by_shampoo
@@ -27,4 +27,5 @@ __all__ = (
     "sharding",
     "soap",
     "state_shardings",
+    "upgrade_state",
 )

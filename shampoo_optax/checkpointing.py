@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -158,3 +159,55 @@ def _plain_path(path) -> tuple:
     else:
       out.append(str(k))
   return tuple(out)
+
+
+def upgrade_state(old_state: Any, tx: optax.GradientTransformation, params: optax.Params) -> Any:
+  """A state saved by shampoo_optax 0.1, as ``tx``'s state for ``params`` now.
+
+  0.2 changed how float32 statistics and roots are stored (pairs of triangles,
+  :class:`shampoo_optax.quantization.SymmetricPairs`, instead of packed upper
+  triangles ``[n, d (d + 1) / 2]``), SOAP's float32 and bfloat16 bases
+  (``[n, d, d]`` instead of ``[n, d * d]``), and pads each group's rows to an
+  even number. Field names are unchanged. ``old_state`` may be the state
+  itself or what ``orbax.checkpoint`` restores without a target (dicts and
+  lists): leaves are matched by key path. Values are carried over exactly.
+
+  Examples:
+    >>> # raw = checkpointer.restore(path)["opt_state"]    # saved by 0.1
+    >>> # opt_state = upgrade_state(raw, tx, params)
+  """
+  by_path = {_plain_path(p): x for p, x in jax.tree_util.tree_flatten_with_path(old_state)[0]}
+
+  def lookup(names, path):
+    if names not in by_path:
+      raise ValueError(f"the saved state has no leaf {jax.tree_util.keystr(path)}: it is not "
+                       "a state of this optimizer for these parameters")
+    return np.asarray(by_path[names])
+
+  def convert(path, new):
+    names = _plain_path(path)
+    if names[-1] in ("triangles", "diagonals") and names not in by_path:
+      # A float32 symmetric group (statistics or roots) saved as packed upper triangles.
+      packed = lookup(names[:-1], path[:-1])
+      d = new.shape[-1]
+      rows, cols = np.triu_indices(d)
+      full = np.zeros((2 * new.shape[0], d, d), np.float32)
+      full[:packed.shape[0], rows, cols] = packed
+      full[:packed.shape[0], cols, rows] = packed
+      if names[-3] == "roots":  # identities in the new padding rows, as init has
+        full[packed.shape[0]:] = np.eye(d, dtype=np.float32)
+      return getattr(quantization.Codec("float32").encode(jax.numpy.asarray(full)), names[-1])
+    old = lookup(names, path)
+    if old.ndim == 2 and len(new.shape) == 3:  # SOAP's bases, saved flat as [n, d * d]
+      old = old.reshape(old.shape[0], *new.shape[1:])
+    if old.ndim and old.shape[0] < new.shape[0]:  # a group's rows, padded to an even number now
+      extra = np.zeros((new.shape[0] - old.shape[0], *old.shape[1:]), old.dtype)
+      if "bases" in names:  # SOAP's bases, whole: identities, as init has
+        extra[:] = np.eye(new.shape[-1], dtype=old.dtype)
+      old = np.concatenate([old, extra])
+    if old.shape != new.shape:
+      raise ValueError(f"{jax.tree_util.keystr(path)} was saved with shape {old.shape}, which "
+                       f"does not convert to {new.shape}")
+    return jax.numpy.asarray(old, new.dtype)
+
+  return jax.tree_util.tree_map_with_path(convert, jax.eval_shape(tx.init, params))

@@ -1,0 +1,75 @@
+# Copyright 2026 The shampoo_optax Authors.
+# SPDX-License-Identifier: Apache-2.0
+"""A state saved by 0.1 (packed float32 triangles, flat SOAP bases) upgrades exactly."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import shampoo_optax
+from shampoo_optax import blocking, quantization
+
+# 3 + 3 statistics of w's 4 x 4 blocks and 1 of e's one-sided blocks: an odd
+# group, which 0.2 pads to an even number of rows.
+SHAPES = {"w": (12, 4), "e": (100, 4)}
+KW = dict(block_size=4, skip_preconditioning_dim_size_gt=50, precondition_every=1)
+
+
+def packed(full):
+  rows, cols = np.triu_indices(full.shape[-1])
+  return np.asarray(full)[:, rows, cols]
+
+
+def as_saved_by_0_1(state, sizes):
+  """The state in 0.1's layout, as orbax restores it without a target (dicts, lists):
+  each group's rows its number of statistics (rounded to the mesh size, 1)."""
+  inner = state[0]
+
+  def group(x, field, n):
+    if field in ("stats", "roots"):
+      return packed(quantization.Codec().decode(x, x.triangles.shape[-1])[:n])
+    if field == "bases":
+      return np.asarray(x)[:n].reshape(n, -1)
+    return np.asarray(x)[:n]
+
+  saved = {"count": np.asarray(inner.count), "mu": jax.tree.map(np.asarray, inner.mu),
+           "nu": jax.tree.map(np.asarray, inner.nu)}
+  for field, value in inner._asdict().items():
+    if field not in saved:
+      saved[field] = [group(x, field, n) for x, n in zip(value, sizes)]
+  return [saved] + [jax.tree.map(np.asarray, s) for s in state[1:]]
+
+
+@pytest.mark.parametrize("make", [shampoo_optax.shampoo, shampoo_optax.soap])
+def test_state_saved_by_0_1_upgrades_exactly(rng, make):
+  soap = make is shampoo_optax.soap
+  tx = make(1e-2, **(KW if soap else dict(KW, start_preconditioning_step=0)))
+  params = {k: jnp.asarray(rng.standard_normal(s), jnp.float32) for k, s in SHAPES.items()}
+  state = tx.init(params)
+  update = jax.jit(tx.update)
+  for _ in range(3):
+    grads = {k: jnp.asarray(rng.standard_normal(s), jnp.float32) for k, s in SHAPES.items()}
+    _, state = update(grads, state, params)
+  layout = (blocking.Layout(4, 4, 50, None, pad_slots=False) if soap
+            else blocking.Layout(4, 4, 50, 2))
+  sizes = [g.size for g in layout.plan(jax.tree.leaves(params)).groups]
+  assert any(n % 2 for n in sizes)  # a group that 0.2 pads by a row
+  upgraded = shampoo_optax.upgrade_state(as_saved_by_0_1(state, sizes), tx, params)
+  assert jax.tree.structure(upgraded) == jax.tree.structure(state)
+  for got, want in zip(jax.tree.leaves(upgraded), jax.tree.leaves(state)):
+    assert got.dtype == want.dtype
+    np.testing.assert_array_equal(got, want)
+  # And it trains on from there exactly as the state it came from.
+  grads = {k: jnp.ones(s, jnp.float32) for k, s in SHAPES.items()}
+  a, _ = update(grads, upgraded, params)
+  b, _ = update(grads, state, params)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(x, y)
+
+
+def test_a_state_of_another_optimizer_is_an_error(rng):
+  params = {k: jnp.zeros(s) for k, s in SHAPES.items()}
+  saved = [{"count": np.zeros((), np.int32)}]
+  with pytest.raises(ValueError, match="no leaf"):
+    shampoo_optax.upgrade_state(saved, shampoo_optax.shampoo(1e-2, **KW), params)
