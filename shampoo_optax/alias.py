@@ -120,8 +120,8 @@ def shampoo(
       this (default: ``block_size``).
     skip_preconditioning_dim_size_gt: dimensions larger than this get no
       statistic (the block is preconditioned on its other sides only).
-    root_method: ``'newton'``, ``'eigh'``, or ``'auto'`` (eigh on CPU, Newton
-      on accelerators).
+    root_method: ``'newton'``, ``'eigh'``, or ``'auto'`` (Newton on TPUs,
+      eigh on CPUs and GPUs, where it was faster).
     stagger_root_refresh: refresh ``1/precondition_every`` of the roots on
       every step instead of all of them together.
     max_root_error: a computed root with a larger error estimate is rejected
@@ -242,7 +242,7 @@ def soap(
     skip_preconditioning_dim_size_gt: larger dimensions are not rotated.
     basis_method: ``'eigh'``; ``'qr'``, one power-iteration step with a QR
       from the previous basis (after a first cycle with eigh), as in SOAP; or
-      ``'auto'``: eigh on CPU, qr on accelerators.
+      ``'auto'``: qr on TPUs, eigh on CPUs and GPUs.
     stagger_basis_refresh: refresh ``1/precondition_every`` of the bases on
       every step instead of all of them together.
     statistics_dtype: storage of the bases (``'float32'``, ``'bfloat16'``,

@@ -166,6 +166,6 @@ def along_axis(blocks: jax.Array, mats: jax.Array, axis: int, transpose: bool) -
                     precision=jax.lax.Precision.HIGHEST)
 
 
-def on_accelerator_else(cpu: Callable, accelerator: Callable):
-  """``cpu()`` when compiled for CPU, ``accelerator()`` otherwise."""
-  return jax.lax.platform_dependent(cpu=cpu, default=accelerator)
+def on_tpu_else(tpu: Callable, other: Callable):
+  """``tpu()`` when compiled for a TPU, ``other()`` on CPUs and GPUs."""
+  return jax.lax.platform_dependent(tpu=tpu, default=other)

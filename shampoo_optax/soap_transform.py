@@ -117,7 +117,8 @@ def scale_by_soap(
       rotated.
     basis_method: ``'eigh'``; ``'qr'``, one power-iteration step with a QR
       from the previous basis (after a first cycle with eigh), as in SOAP; or
-      ``'auto'``: eigh on CPU, qr on accelerators.
+      ``'auto'``: qr on TPUs, eigh on CPUs and GPUs (as Shampoo's roots; on
+      an H200 SOAP with qr had not finished its first step in 60 s).
     stagger_basis_refresh: refresh ``1/precondition_every`` of the bases on
       every step.
     mu_dtype: dtype of the first moment (``'int8'``: row-scaled int8, see
@@ -308,7 +309,7 @@ def _eigenbasis(stats, old, exponent, count, *, method, qr_from):
     return jax.lax.cond(count < qr_from, eigh, lambda: q)
 
   if method == "auto":
-    basis = core.on_accelerator_else(cpu=eigh, accelerator=refine)
+    basis = core.on_tpu_else(tpu=refine, other=eigh)
   else:
     basis = eigh() if method == "eigh" else refine()
   d = stats.shape[-1]
