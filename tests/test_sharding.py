@@ -112,4 +112,4 @@ def test_state_shardings_on_one_device_mesh():
   state = jax.jit(tx.init, out_shardings=shardings)(params)
   assert jax.tree.structure(state) == jax.tree.structure(shardings)
   inner = shardings[0]
-  assert all(s.spec == jax.sharding.PartitionSpec("data") for s in inner.stats)
+  assert all(s.spec == jax.sharding.PartitionSpec("data") for s in jax.tree.leaves(inner.stats))
