@@ -30,24 +30,30 @@ def diagnostics(
     opt_state: Any,
     params: optax.Params,
     *,
-    block_size: int = 128,
+    block_size: int | None = None,
     max_merged_dim: int | None = None,
-    skip_preconditioning_dim_size_gt: int = 4096,
-    exponent_override: int | None = 2,
+    skip_preconditioning_dim_size_gt: int | None = None,
+    exponent_override: int | None | str = "infer",
 ) -> dict[str, dict[str, jax.Array]]:
   """Root errors, failures and condition estimates, per preconditioned parameter.
 
-  Pass the layout arguments you gave the optimizer (the defaults are
-  ``shampoo``'s); a mismatch with the state is reported as an error.
+  The block layout is read back from the state: the layouts that the
+  optimizer's defaults and every power-of-two ``block_size`` give for
+  ``params`` are tried against the state's shapes. Pass the layout arguments
+  you gave the optimizer when that is ambiguous or finds nothing (a
+  non-default ``max_merged_dim`` or ``skip_preconditioning_dim_size_gt``,
+  say); a mismatch with the state is reported as an error.
 
   Args:
     opt_state: the optimizer state; the first ``ShampooState`` or
       ``SoapState`` in it is read (e.g. inside ``optax.chain``).
     params: the parameters (or anything of their tree and shapes).
-    block_size: as given to the optimizer.
-    max_merged_dim: as given to the optimizer.
-    skip_preconditioning_dim_size_gt: as given to the optimizer.
-    exponent_override: as given to the optimizer.
+    block_size: as given to the optimizer (default: read from the state).
+    max_merged_dim: as given to the optimizer (default: ``block_size``).
+    skip_preconditioning_dim_size_gt: as given to the optimizer (default:
+      4096, the optimizer's).
+    exponent_override: as given to the optimizer (default: read from the
+      state).
 
   Returns:
     A dict with an entry per preconditioned parameter, keyed by its path as
@@ -62,7 +68,7 @@ def diagnostics(
     >>> params = {"w": jnp.ones((8, 8))}
     >>> tx = shampoo_optax.shampoo(1e-3, block_size=8)
     >>> state = tx.init(params)
-    >>> report = shampoo_optax.diagnostics(state, params, block_size=8)
+    >>> report = shampoo_optax.diagnostics(state, params)
     >>> sorted(report["['w']"])
     ['condition', 'root_error', 'root_failures']
   """
@@ -72,14 +78,9 @@ def diagnostics(
       (state.stats, state.basis_errors, state.basis_failures) if soap
       else (state.stats, state.root_errors, state.root_failures))
   leaves = jax.tree_util.tree_flatten_with_path(params)[0]
-  plan = blocking.Layout(
-      block_size, max_merged_dim or block_size, skip_preconditioning_dim_size_gt,
-      # SOAP has no roots: its layout is the paper's 2k grouping whatever the
-      # exponent argument says.
-      None if soap else exponent_override, pad_slots=not soap,
-  ).plan([leaf for _, leaf in leaves])
   codec = quantization.Codec(quantization.stored_dtype(stats[0]) if stats else "float32")
-  _check_layout(plan, stats, codec)
+  plan = _layout_of(stats, codec, [leaf for _, leaf in leaves], soap, block_size,
+                    max_merged_dim, skip_preconditioning_dim_size_gt, exponent_override)
   named_rows = [(jax.tree_util.keystr(path), _rows_of_leaf(plan, i))
                 for i, (path, _) in enumerate(leaves)]
   named_rows = [(name, rows) for name, rows in named_rows if rows]
@@ -119,6 +120,44 @@ def _find_state(opt_state):
 
 def _is_state(x) -> bool:
   return isinstance(x, (ShampooState, SoapState))
+
+
+def _layout_of(stats, codec, leaves, soap, block_size, max_merged_dim, skip, exponent_override):
+  """The plan of the layout the state was made with: the one given, or the
+  candidates that fit the state's shapes (all giving the same plan)."""
+  given = (block_size, max_merged_dim, skip, exponent_override)
+  sizes = [block_size] if block_size else sorted({2**k for k in range(2, 13)} | {
+      int(jax.tree.leaves(s)[0].shape[1]) for s in stats})
+  exponents = ([exponent_override] if exponent_override != "infer"
+               else [None] if soap else [2, None])
+  plans = []
+  for size in sizes:
+    for exponent in exponents:
+      plan = blocking.Layout(
+          size, max_merged_dim or size, skip or 4096,
+          # SOAP has no roots: its layout is the paper's 2k grouping whatever the
+          # exponent argument says.
+          None if soap else exponent, pad_slots=not soap).plan(leaves)
+      try:
+        _check_layout(plan, stats, codec)
+      except ValueError:
+        if len(sizes) * len(exponents) == 1:
+          raise
+        continue
+      plans.append(plan)
+  rows = {(tuple(g.dim for g in p.groups), tuple(_all_rows(p))) for p in plans}
+  if len(rows) == 1:
+    return plans[0]
+  raise ValueError(
+      "diagnostics() could not read the block layout back from the state "
+      f"({'no' if not plans else 'several different'} layouts fit; given: block_size, "
+      f"max_merged_dim, skip_preconditioning_dim_size_gt, exponent_override = {given}): pass "
+      "the layout arguments the optimizer was built with")
+
+
+def _all_rows(plan):
+  return [(g, tuple(int(x) for x in r))
+          for i in range(len(plan.leaves)) for g, r in _rows_of_leaf(plan, i)]
 
 
 def _check_layout(plan, stats, codec):

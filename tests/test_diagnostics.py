@@ -79,3 +79,26 @@ def test_wrong_layout_arguments_are_an_error(rng):
     shampoo_optax.diagnostics(state, params, block_size=4)
   with pytest.raises(ValueError, match="no ShampooState"):
     shampoo_optax.diagnostics({"not": "a state"}, params)
+
+
+@pytest.mark.parametrize("make", [shampoo_optax.shampoo, shampoo_optax.soap])
+def test_layout_is_read_back_from_the_state(rng, make):
+  """Without layout arguments, the report is the one for the arguments the
+  optimizer was built with (block_size 8 here, not the default 128)."""
+  params = random_tree(rng, SHAPES)
+  grads_seq = [random_tree(rng, SHAPES) for _ in range(2)]
+  _, state = run_updates(make(0.01, **KW), params, grads_seq)
+  inferred = shampoo_optax.diagnostics(state, params)
+  given = shampoo_optax.diagnostics(state, params, block_size=8)
+  assert sorted(inferred) == sorted(given) == ["['v']", "['w']"]
+  for name in given:
+    for key in ("root_error", "root_failures", "condition"):
+      np.testing.assert_array_equal(inferred[name][key], given[name][key])
+
+
+def test_a_layout_that_cannot_be_read_back_asks_for_the_arguments():
+  params = {"w": jnp.ones((8, 8)), "e": jnp.ones((200, 8))}
+  state = shampoo_optax.shampoo(1e-3, block_size=8, skip_preconditioning_dim_size_gt=100).init(
+      params)
+  with pytest.raises(ValueError, match="pass the layout arguments"):
+    shampoo_optax.diagnostics(state, params)
