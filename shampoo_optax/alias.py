@@ -68,6 +68,7 @@ def shampoo(
     pseudo_inverse_rtol: float | None = None,
     mesh: jax.sharding.Mesh | None = None,
     block_axis: str | tuple[str, ...] | None = None,
+    param_specs: Any = None,
     weight_decay_mask: MaskOrFn = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Distributed Shampoo with grafting and decoupled weight decay.
@@ -133,6 +134,9 @@ def shampoo(
       this fraction of the largest.
     mesh: a ``jax.sharding.Mesh`` to spread the statistics and roots over.
     block_axis: the mesh axis (or axes) the statistics' blocks are split over.
+    param_specs: FSDP: the parameters' ``PartitionSpec``\ s; each device
+      keeps the blocks of its own shards (see
+      :func:`shampoo_optax.scale_by_shampoo`).
     weight_decay_mask: deprecated name of ``mask`` (warns).
 
   Returns:
@@ -174,7 +178,8 @@ def shampoo(
       skip_preconditioning_dim_size_gt=skip_preconditioning_dim_size_gt,
       root_method=root_method, stagger_root_refresh=stagger_root_refresh,
       max_root_error=max_root_error, mu_dtype=mu_dtype, statistics_dtype=statistics_dtype,
-      pseudo_inverse_rtol=pseudo_inverse_rtol, mesh=mesh, block_axis=block_axis)
+      pseudo_inverse_rtol=pseudo_inverse_rtol, mesh=mesh, block_axis=block_axis,
+      param_specs=param_specs)
   validation.check_static_args(kwargs, transform.STATIC_ARGS, "STATIC_ARGS")
   return optax.chain(
       transform.scale_by_shampoo(**kwargs),
@@ -202,6 +207,7 @@ def soap(
     statistics_dtype: Any = "float32",
     mesh: jax.sharding.Mesh | None = None,
     block_axis: str | tuple[str, ...] | None = None,
+    param_specs: Any = None,
     weight_decay_mask: MaskOrFn = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""SOAP (Adam in Shampoo's eigenbasis) with decoupled weight decay.
@@ -249,6 +255,9 @@ def soap(
       ``'int8'``); the compact choices store the statistics in 16 bits.
     mesh: a ``jax.sharding.Mesh`` to spread the statistics and bases over.
     block_axis: the mesh axis (or axes) to split them over.
+    param_specs: FSDP: the parameters' ``PartitionSpec``\ s; each device
+      keeps the blocks of its own shards (see
+      :func:`shampoo_optax.scale_by_shampoo`).
     weight_decay_mask: deprecated name of ``mask`` (warns).
 
   Returns:
@@ -289,7 +298,8 @@ def soap(
       start_preconditioning_step=start_preconditioning_step, max_merged_dim=max_merged_dim,
       skip_preconditioning_dim_size_gt=skip_preconditioning_dim_size_gt,
       basis_method=basis_method, stagger_basis_refresh=stagger_basis_refresh,
-      mu_dtype=mu_dtype, statistics_dtype=statistics_dtype, mesh=mesh, block_axis=block_axis)
+      mu_dtype=mu_dtype, statistics_dtype=statistics_dtype, mesh=mesh, block_axis=block_axis,
+      param_specs=param_specs)
   validation.check_static_args(kwargs, soap_lib.STATIC_ARGS, "SOAP_STATIC_ARGS")
   return optax.chain(
       soap_lib.scale_by_soap(**kwargs),

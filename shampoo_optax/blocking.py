@@ -459,8 +459,11 @@ class Layout:
   pad_slots: bool = True
 
   def plan(self, leaves) -> Plan:
+    return self.plan_shapes([x.shape for x in leaves])
+
+  def plan_shapes(self, shapes) -> Plan:
     return make_plan(
-        tuple(tuple(x.shape) for x in leaves),
+        tuple(tuple(s) for s in shapes),
         block_size=self.block_size,
         max_merged_dim=self.max_merged_dim,
         skip_preconditioning_dim_size_gt=self.skip_preconditioning_dim_size_gt,

@@ -30,6 +30,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import PartitionSpec
 
 from shampoo_optax import blocking, factor_matrices, moments, quantization, validation
 from shampoo_optax import sharding as sharding_lib
@@ -62,9 +63,14 @@ class Core:
   block_sharding: sharding_lib.BlockSharding
   schedule: factor_matrices.Schedule
   moments: moments.MomentDtypes
+  # FSDP: blocks cut from each device's own shards (see sharding.LocalBlocks).
+  local: sharding_lib.LocalBlocks | None = None
 
   def plan(self, tree) -> blocking.Plan:
-    return self.layout.plan(jax.tree.leaves(tree))
+    """The block plan of ``tree``'s leaves: of their local shapes with ``local``."""
+    if self.local is None:
+      return self.layout.plan_shapes([x.shape for x in jax.tree.leaves(tree)])
+    return self.layout.plan_shapes(self.local.local_shapes(tree))
 
   def transformation(self, state_cls, step_fn) -> optax.GradientTransformationExtraArgs:
     """init and update around ``step_fn(grads, mu, nu, groups, count) -> (step, mu, nu,
@@ -75,7 +81,8 @@ class Core:
       validation.check_float_leaves(params, "params")
       mu, nu = self.moments.init(params)
       groups = factor_matrices.init(self.plan(params), self.codec, self.precond_codec,
-                                    self.block_sharding, params)
+                                    self.block_sharding, params,
+                                    replicas=1 if self.local is None else self.local.replicas)
       return state_cls(jnp.zeros([], jnp.int32), mu, nu, *groups)
 
     def update_fn(updates, state, params=None, **extra_args):
@@ -91,28 +98,72 @@ class Core:
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
   def block_step(self, plan: blocking.Plan, inputs: dict[str, list], groups: tuple,
-                 count: jax.Array, scalars: dict[str, Any], variant: Variant):
+                 count: jax.Array, scalars: dict[str, Any], variant: Variant, *, like: Any):
     """The variant's outputs for each preconditioned leaf, and the new groups.
 
-    ``inputs`` are leaf lists in tree order (``'grads'`` among them); the
-    outputs come back as leaf lists of the preconditioned leaves only, with
-    the gradients' shardings.
+    ``inputs`` are leaf lists in tree order (``'grads'`` among them) of trees
+    shaped like ``like`` (the gradients); the outputs come back as leaf lists
+    of the preconditioned leaves only, with the gradients' shardings.
+    ``scalars``: numbers and scalar arrays, or leaf lists that are not cut
+    into blocks.
     """
-    step = functools.partial(self._step_in_block_layout, plan, variant=variant)
+    if self.local is not None:
+      return self._local_block_step(plan, inputs, groups, count, scalars, variant, like)
+    step = functools.partial(self._step_in_block_layout, plan, variant=variant,
+                             block_sharding=self.block_sharding)
     grads = preconditioned_only(plan, inputs["grads"])
-    like = {name: grads for name in variant.outputs}
+    out_like = {name: grads for name in variant.outputs}
     return sharding_lib.call_in_block_layout(
-        step, (inputs, groups, count, scalars), like, groups, self.block_sharding)
+        step, (inputs, groups, count, scalars), out_like, groups, self.block_sharding)
 
-  def _step_in_block_layout(self, plan, inputs, groups, count, scalars, *, variant):
+  def _local_block_step(self, plan, inputs, groups, count, scalars, variant, like):
+    """block_step under FSDP: every device on its own shards, in one shard_map."""
+    specs = self.local.leaf_specs(like)
+    stats = groups[0]
+    for group, stored in zip(plan.groups, stats):
+      rows = self.codec.num_matrices(stored)
+      if rows != self.local.replicas * group.padded_size:
+        raise ValueError(
+            f"the state's statistics have {rows} rows where these parameters' local blocks "
+            f"on {self.local.replicas} devices need {self.local.replicas * group.padded_size}: "
+            "a state made with local blocks restores only onto a mesh that cuts the parameters "
+            "into the same shards (same param_specs, same block-axis size)")
+    # Inputs sharded otherwise (not as param_specs say) are resharded first:
+    # correct, at the cost of the communication this mode exists to avoid.
+    mesh = self.block_sharding.mesh
+    to_specs = lambda leaves: [sharding_lib.constrain(x, mesh, spec)  # noqa: E731
+                               for x, spec in zip(leaves, specs)]
+    inputs = {name: to_specs(leaves) for name, leaves in inputs.items()}
+    groups = tuple(jax.tree.map(self.block_sharding.place, g) for g in groups)
+    scalars = {k: to_specs(v) if isinstance(v, list) else v for k, v in scalars.items()}
+    # Python numbers stay constants (as without a mesh); arrays are passed in.
+    passed = {k: v for k, v in scalars.items() if isinstance(v, (list, jax.Array))}
+    constants = {k: v for k, v in scalars.items() if k not in passed}
+    group_spec = jax.tree.map(lambda _: self.block_sharding.spec, groups)
+    in_specs = ({name: specs for name in inputs}, group_spec, PartitionSpec(),
+                {k: specs if isinstance(v, list) else PartitionSpec() for k, v in passed.items()})
+    out_specs = ({name: preconditioned_only(plan, specs) for name in variant.outputs}, group_spec)
+
+    def local(inputs, groups, count, passed):
+      return self._step_in_block_layout(
+          plan, inputs, groups, count, {**passed, **constants}, variant=variant,
+          block_sharding=sharding_lib.BlockSharding())
+
+    return self.local.call(local, (inputs, groups, count, passed), in_specs, out_specs)
+
+  def _step_in_block_layout(self, plan, inputs, groups, count, scalars, *, variant,
+                            block_sharding):
     blocks = cut_into_blocks(plan, inputs)
     stats, precond, errors, failures = groups
-    stats = self._place(factor_matrices.accumulate(
+    place = lambda tree: tuple(jax.tree.map(block_sharding.place, g) for g in tree)  # noqa: E731
+    stats = place(factor_matrices.accumulate(
         plan, stats, blocks["grads"], scalars["b2"], self.codec, count))
     refresh = functools.partial(
         factor_matrices.refresh, plan, stats, count=count, compute=variant.compute,
-        schedule=self.schedule, block_sharding=self.block_sharding, codec=self.codec,
-        precond_codec=self.precond_codec)
+        schedule=self.schedule, block_sharding=block_sharding, codec=self.codec,
+        precond_codec=self.precond_codec,
+        # Per-device work on simulated CPU devices: see factor_matrices.
+        per_device=self.block_sharding.size > 1)
     if variant.refresh_first:
       precond, errors, failures = refresh(precond, errors, failures)
     preconditioners = factor_matrices.decode_factors(plan, precond, self.precond_codec)
@@ -124,10 +175,6 @@ class Core:
     leaves = {name: preconditioned_only(plan, _from_stacks(plan, outputs[name]))
               for name in variant.outputs}
     return leaves, (stats, precond, errors, failures)
-
-  def _place(self, groups):
-    return tuple(jax.tree.map(self.block_sharding.place, g) for g in groups)
-
 
 def _from_stacks(plan, output):
   """An output of ``Variant.apply``: stacks, or (stacks, per-block scales)."""

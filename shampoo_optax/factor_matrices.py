@@ -66,17 +66,21 @@ def is_params_stand_in(params) -> bool:
 
 
 def init(plan: blocking.Plan, codec: quantization.Codec, precond_codec: quantization.Codec,
-         block_sharding, params=None) -> tuple:
-  """Per group: zero statistics, identity preconditioners, zero errors and failures."""
+         block_sharding, params=None, replicas: int = 1) -> tuple:
+  """Per group: zero statistics, identity preconditioners, zero errors and failures.
+
+  ``replicas``: how many devices' local plans each group holds, one after the
+  other (``sharding.LocalBlocks``).
+  """
   if is_params_stand_in(params):
     return (STAND_IN_GROUPS,) * 4
   place = lambda tree: jax.tree.map(block_sharding.place, tree)  # noqa: E731
-  groups = plan.groups
+  sizes = [(replicas * g.padded_size, g.dim) for g in plan.groups]
   return (
-      tuple(place(codec.empty(g.padded_size, g.dim)) for g in groups),
-      tuple(place(precond_codec.empty(g.padded_size, g.dim, identity=True)) for g in groups),
-      tuple(place(jnp.zeros((g.padded_size,), jnp.float32)) for g in groups),
-      tuple(place(jnp.zeros((g.padded_size,), jnp.int32)) for g in groups),
+      tuple(place(codec.empty(n, d)) for n, d in sizes),
+      tuple(place(precond_codec.empty(n, d, identity=True)) for n, d in sizes),
+      tuple(place(jnp.zeros((n,), jnp.float32)) for n, _ in sizes),
+      tuple(place(jnp.zeros((n,), jnp.int32)) for n, _ in sizes),
   )
 
 
@@ -122,9 +126,14 @@ def decode_factors(plan: blocking.Plan, stored: tuple, codec: quantization.Codec
 def refresh(plan: blocking.Plan, stats: tuple, precond: tuple, errors: tuple,
             failures: tuple, count: jax.Array, *, compute: Compute, schedule: Schedule,
             block_sharding, codec: quantization.Codec,
-            precond_codec: quantization.Codec) -> tuple[tuple, tuple, tuple]:
-  """Recomputes the preconditioners that are due at step ``count``, group by group."""
-  if block_sharding.size > 1:
+            precond_codec: quantization.Codec, per_device: bool = False
+            ) -> tuple[tuple, tuple, tuple]:
+  """Recomputes the preconditioners that are due at step ``count``, group by group.
+
+  ``per_device``: this runs on each device of a mesh (under ``shard_map``,
+  here or in the caller).
+  """
+  if per_device or block_sharding.size > 1:
     compute = _one_matrix_at_a_time_on_cpu(compute)
   out = []
   for group, s, p, e, n in zip(plan.groups, stats, precond, errors, failures):

@@ -70,6 +70,7 @@ STATIC_ARGS = (
     "pseudo_inverse_rtol",
     "mesh",
     "block_axis",
+    "param_specs",
 )
 
 
@@ -132,6 +133,7 @@ def scale_by_shampoo(
     pseudo_inverse_rtol: float | None = None,
     mesh: jax.sharding.Mesh | None = None,
     block_axis: str | tuple[str, ...] | None = None,
+    param_specs: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Rescales updates with Distributed Shampoo, grafted to a diagonal method.
 
@@ -226,6 +228,17 @@ def scale_by_shampoo(
       ``1/N`` of the blocks. ``None`` keeps them replicated. Parameters may be
       sharded any way (FSDP, tensor parallel); updates come back with the
       gradients' shardings. See ``shampoo_optax.sharding``.
+    param_specs: FSDP: the parameters' ``PartitionSpec``\ s (a tree like the
+      parameters, ``None`` for replicated leaves; e.g. flax's
+      ``nn.get_partition_spec``), with ``mesh`` and ``block_axis`` (every
+      mesh axis the parameters are sharded over). Each device then cuts
+      blocks from its own shard of each parameter and keeps their statistics
+      and roots: no gradient, statistic or root crosses devices. Blocks end at
+      shard boundaries (a ``[1024, 512]`` weight sharded ``P("data")`` over 8
+      devices is preconditioned as 8 ``[128, 512]`` weights). Gradients
+      sharded otherwise are resharded to these specs first. A state made so
+      restores only onto the same number of devices. See
+      ``shampoo_optax.sharding.LocalBlocks``.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose state is a
@@ -270,11 +283,12 @@ def scale_by_shampoo(
                                lower_open=True, upper_open=True)
   codec, root_codec = quantization.codecs(statistics_dtype)
   block_sharding = sharding_lib.BlockSharding.create(mesh, block_axis)
+  local = sharding_lib.LocalBlocks.create(block_sharding, param_specs)
   shampoo_core = core.Core(
       layout=blocking.Layout(block_size, max_merged_dim or block_size,
                              skip_preconditioning_dim_size_gt, exponent_override,
-                             block_sharding.size),
-      codec=codec, precond_codec=root_codec, block_sharding=block_sharding,
+                             block_sharding.size if local is None else 1),
+      codec=codec, precond_codec=root_codec, block_sharding=block_sharding, local=local,
       schedule=factor_matrices.Schedule(precondition_every, start_preconditioning_step,
                                         stagger_root_refresh),
       moments=moments.MomentDtypes.create(
@@ -300,7 +314,8 @@ def scale_by_shampoo(
     inputs = {"grads": jax.tree.leaves(grads), "mu_hat": jax.tree.leaves(mu_hat)}
     # The diagonal step is not cut into blocks: only its block norms are used.
     scalars = {"b2": b2, "diagonal_step": leaves}
-    out, groups = shampoo_core.block_step(plan, inputs, groups, count, scalars, variant)
+    out, groups = shampoo_core.block_step(plan, inputs, groups, count, scalars, variant,
+                                             like=grads)
     use_shampoo = count > start_preconditioning_step
     preconditioned = [jnp.where(use_shampoo, p.astype(s.dtype), s)
                       for p, s in zip(out["step"], core.preconditioned_only(plan, leaves))]

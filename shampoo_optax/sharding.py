@@ -10,6 +10,10 @@ under ``jax.shard_map``. Everything else (cutting gradients into blocks,
 putting the preconditioned blocks back into the parameters' layout and
 shardings) is left to XLA's sharding propagation.
 
+With FSDP, that propagation gathers every gradient to cut it into blocks;
+given the parameters' PartitionSpecs, :class:`LocalBlocks` instead cuts each
+device's own shards under one ``shard_map``, so nothing moves at all.
+
 The shardings of a whole optimizer state (for ``jax.jit``'s out_shardings and
 orbax restore targets) are in ``checkpointing.py``.
 
@@ -141,3 +145,91 @@ def spec_of(x) -> PartitionSpec:
   sharding = getattr(jax.typeof(x), "sharding", None)
   spec = getattr(sharding, "spec", None)
   return PartitionSpec() if spec is None else spec
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class LocalBlocks:
+  """FSDP: every device cuts the blocks of its own shard of each parameter.
+
+  Given the parameters' PartitionSpecs, the block plan is made from each
+  device's *local* shapes (a ``[4096, 1024]`` weight sharded ``P("data")``
+  over 8 devices is a ``[512, 1024]`` parameter to each of them), and the
+  whole block step (statistics, roots, the preconditioned direction) runs
+  under one ``jax.shard_map``: gradients are never gathered, statistics and
+  roots never move. Each group's rows are the devices' local rows one after
+  the other (device ``i`` holds rows ``[i R, (i + 1) R)``), split over the
+  block axes.
+
+  A parameter not sharded over a block axis (``P()``, a replicated one) is
+  preconditioned on every device alike: its statistics are held by each of
+  them (no communication; memory ``N`` times its share). Every axis a
+  parameter is sharded over must be a block axis, so that the devices that
+  hold different shards hold different rows.
+  """
+
+  block_sharding: BlockSharding
+  specs: Any  # the parameters' tree, a PartitionSpec (or None) per leaf
+
+  @classmethod
+  def create(cls, block_sharding: BlockSharding, param_specs: Any) -> LocalBlocks | None:
+    if param_specs is None:
+      return None
+    if not block_sharding.axes:
+      raise ValueError("param_specs needs mesh= and block_axis= (the mesh axis the parameters "
+                       "are sharded over, FSDP's data axis)")
+    for spec in jax.tree.leaves(param_specs, is_leaf=lambda x: x is None):
+      if spec is not None and not isinstance(spec, PartitionSpec):
+        raise TypeError("param_specs must hold a jax.sharding.PartitionSpec (or None) per "
+                        f"parameter, got a {type(spec).__name__}")
+    return cls(block_sharding, param_specs)
+
+  @property
+  def replicas(self) -> int:
+    """Devices with rows of their own: each group holds this many local plans' rows."""
+    return self.block_sharding.size
+
+  def leaf_specs(self, tree) -> list[PartitionSpec]:
+    """One PartitionSpec per leaf of ``tree`` (the parameters' structure)."""
+    treedef = jax.tree.structure(tree)
+    try:
+      specs = treedef.flatten_up_to(self.specs)
+    except (ValueError, TypeError) as e:
+      raise ValueError(
+          f"param_specs must have the parameters' tree structure, {treedef}; got "
+          f"{jax.tree.structure(self.specs, is_leaf=lambda x: x is None)}") from e
+    return [PartitionSpec() if s is None else s for s in specs]
+
+  def local_shapes(self, tree) -> list[tuple[int, ...]]:
+    """Each leaf's shape on one device, checked against its spec."""
+    mesh = self.block_sharding.mesh
+    out = []
+    paths = jax.tree_util.tree_flatten_with_path(tree)[0]
+    for (path, leaf), spec in zip(paths, self.leaf_specs(tree)):
+      name = f"param_specs{jax.tree_util.keystr(path)}"
+      shape = tuple(leaf.shape)
+      if len(spec) > len(shape):
+        raise ValueError(f"{name} = {spec} has more entries than the parameter's {len(shape)} "
+                         f"dimensions (shape {shape})")
+      local = list(shape)
+      for dim, entry in enumerate(spec):
+        names = () if entry is None else ((entry,) if isinstance(entry, str) else tuple(entry))
+        for n in names:
+          if n not in self.block_sharding.axes:
+            raise ValueError(
+                f"{name} = {spec} shards over {n!r}, which is not a block axis "
+                f"{self.block_sharding.axes}: pass block_axis={(*self.block_sharding.axes, n)} "
+                "so that every device's shard has statistics of its own")
+        size = math.prod(mesh.shape[n] for n in names)
+        if shape[dim] % size:
+          raise ValueError(f"{name} = {spec}: dimension {dim} of shape {shape} is not divisible "
+                           f"by the {size} devices it is sharded over")
+        local[dim] //= size
+      out.append(tuple(local))
+    return out
+
+  def call(self, fn: Callable, args: tuple, in_specs: tuple, out_specs: Any) -> Any:
+    """fn(*args) on every device's own shards: ``jax.shard_map`` over the whole mesh."""
+    # check_vma=False: fn is purely per device (no collectives), and its loops
+    # start from constants, which the varying-axes check would reject.
+    return jax.shard_map(fn, mesh=_context_or(self.block_sharding.mesh), in_specs=in_specs,
+                         out_specs=out_specs, check_vma=False)(*args)

@@ -36,7 +36,7 @@ BASIS_METHODS = ("auto", "eigh", "qr")
 STATIC_ARGS = (
     "block_size", "precondition_every", "start_preconditioning_step", "max_merged_dim",
     "skip_preconditioning_dim_size_gt", "basis_method", "stagger_basis_refresh", "mu_dtype",
-    "statistics_dtype", "mesh", "block_axis",
+    "statistics_dtype", "mesh", "block_axis", "param_specs",
 )
 
 
@@ -81,6 +81,7 @@ def scale_by_soap(
     statistics_dtype: Any = "float32",
     mesh: jax.sharding.Mesh | None = None,
     block_axis: str | tuple[str, ...] | None = None,
+    param_specs: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Rescales updates with SOAP: Adam in the eigenbasis of Shampoo's statistics.
 
@@ -129,6 +130,9 @@ def scale_by_soap(
       (see ``shampoo_optax.quantization``).
     mesh: a mesh to spread the statistics and bases over.
     block_axis: the mesh axis (or axes) to split them over.
+    param_specs: FSDP: the parameters' ``PartitionSpec``\ s; each device
+      keeps the blocks of its own shards (see
+      :func:`shampoo_optax.scale_by_shampoo`).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` with a :class:`SoapState`.
@@ -159,14 +163,17 @@ def scale_by_soap(
   validation.validate_number("eps", eps, 0.0, None)
   codec, basis_codec = quantization.codecs(statistics_dtype, factor_symmetric=False)
   block_sharding = sharding_lib.BlockSharding.create(mesh, block_axis)
+  local = sharding_lib.LocalBlocks.create(block_sharding, param_specs)
   # A basis refreshed at step t is used from step t + 1 (see _carry_second_moment).
   schedule = factor_matrices.Schedule(precondition_every, start_preconditioning_step,
                                       stagger_basis_refresh)
   soap_core = core.Core(
       layout=blocking.Layout(block_size, max_merged_dim or block_size,
-                             skip_preconditioning_dim_size_gt, shard_multiple=block_sharding.size,
+                             skip_preconditioning_dim_size_gt,
+                             shard_multiple=block_sharding.size if local is None else 1,
                              pad_slots=False),
-      codec=codec, precond_codec=basis_codec, block_sharding=block_sharding, schedule=schedule,
+      codec=codec, precond_codec=basis_codec, block_sharding=block_sharding, local=local,
+      schedule=schedule,
       moments=moments.MomentDtypes.create(
           mu_dtype, quantization.canonical_dtype(statistics_dtype), keeps_nu=True),
   )
@@ -197,7 +204,8 @@ def scale_by_soap(
     inputs = {"grads": jax.tree.leaves(grads), "mu": jax.tree.leaves(mu),
               "nu": jax.tree.leaves(nu)}
     scalars = {"b1": b1, "b2": b2, "eps": eps, "count": count}
-    out, groups = soap_core.block_step(plan, inputs, groups, count, scalars, variant)
+    out, groups = soap_core.block_step(plan, inputs, groups, count, scalars, variant,
+                                          like=grads)
     step_leaves, treedef = jax.tree.flatten(step)
     nu_leaves = jax.tree.leaves(new_nu)
     step = jax.tree.unflatten(treedef, core.merge_preconditioned(

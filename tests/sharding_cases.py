@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 
 if __name__ == "__main__" and sys.argv[1:2] != ["multiprocess"]:
@@ -126,6 +127,142 @@ def case_equivalence():
       assert not stable, f"state leaves changed sharding across update: {stable}"
       results[f"{axis_type.name}-{shape}-{layout}-{block_axis}"] = err
   return results
+
+
+def local_reference(tx, index_maps, steps):
+  """What FSDP with local blocks must give: the single-device optimizer run on
+  each device's own shards, as a tree of their own (its plan is the device's
+  local plan), put back together. ``index_maps``: per device, ``{name: index}``
+  (as ``NamedSharding.devices_indices_map`` gives); returns global numpy params
+  and, per device, the single-device run's state."""
+  step = jax.jit(lambda p, s, g: (lambda u, s: (optax.apply_updates(p, u), s))(
+      *tx.update(g, s, p)))
+  params = {k: np.asarray(v) for k, v in make_params().items()}
+  grads = [{k: np.asarray(v) for k, v in make_grads(t).items()} for t in range(steps)]
+  out = {k: np.full(v.shape, np.nan, np.float32) for k, v in params.items()}
+  states, done = [], {}
+  for index in index_maps:
+    key = repr(sorted((k, repr(i)) for k, i in index.items()))
+    if key not in done:
+      p = {k: jnp.asarray(v[index[k]]) for k, v in params.items()}
+      s = tx.init(p)
+      for t in range(steps):
+        p, s = step(p, s, {k: jnp.asarray(g[index[k]]) for k, g in grads[t].items()})
+      done[key] = (p, s)
+    p, s = done[key]
+    for k in out:
+      out[k][index[k]] = np.asarray(p[k])
+    states.append(s)
+  return out, states
+
+
+def case_fsdp_local():
+  """FSDP with param_specs: every device preconditions its own shards.
+
+  Shampoo (defaults: staggered refresh, eigh on CPU) and SOAP, each on an
+  8-device data mesh and a 4 x 2 data x model mesh (tensor parallel over
+  'model', both axes block axes), one with Explicit axes and the other with
+  Auto (all four combinations take twice the time): the parameters equal the
+  single-device optimizer's run on each device's shards (local_reference),
+  and each device's rows of every statistic equal that run's statistics, at
+  rows [i R, (i + 1) R) for device i along the block axes.
+  """
+  results = {}
+  for name, make, hp, tol in [("shampoo", shampoo_optax.shampoo, HP, 1e-5),
+                              ("soap", shampoo_optax.soap,
+                               dict(block_size=8, precondition_every=2,
+                                    start_preconditioning_step=2), 1e-4)]:
+    types = (AxisType.Explicit, AxisType.Auto) if name == "shampoo" else (
+        AxisType.Auto, AxisType.Explicit)
+    for axis_type, (shape, names) in zip(types, [((8,), ("data",)), ((4, 2), ("data", "model"))]):
+      if True:
+        mesh = jax.make_mesh(shape, names, axis_types=(axis_type,) * len(names))
+        specs = {k: param_spec(k, v.shape, mesh, "fsdp") for k, v in make_params().items()}
+        shardings = {k: NamedSharding(mesh, s) for k, s in specs.items()}
+        with jax.set_mesh(mesh):
+          params = {k: jax.device_put(v, shardings[k]) for k, v in make_params().items()}
+          tx = make(0.05, mesh=mesh, block_axis=names, param_specs=specs, **hp)
+          out, state, traces, changed = train(tx, params, 6, mesh, names)
+        assert traces == 1 and not changed, (traces, changed)
+        devices = list(mesh.devices.flat)  # row-major over the block axes: device i's rows
+        index_maps = [{k: s.devices_indices_map(SHAPES[k])[d] for k, s in shardings.items()}
+                      for d in devices]
+        want, states = local_reference(make(0.05, **hp), index_maps, 6)
+        err = max(float(np.max(np.abs(np.asarray(out[k]) - want[k]))) for k in out)
+        assert err <= tol, (name, axis_type, shape, err)
+        for field in ("stats",):
+          for leaf, *refs in zip(jax.tree.leaves(getattr(state[0], field)),
+                                 *[jax.tree.leaves(getattr(s[0], field)) for s in states]):
+            rows = refs[0].shape[0]
+            assert leaf.shape[0] == len(devices) * rows, (leaf.shape, rows)
+            for i, shard in enumerate(sorted(leaf.addressable_shards,
+                                             key=lambda sh: devices.index(sh.device))):
+              assert shard.index[0] == slice(i * rows, (i + 1) * rows), shard.index
+              np.testing.assert_allclose(np.asarray(shard.data), np.asarray(refs[i]),
+                                         rtol=1e-4, atol=1e-6)
+        results[f"{name}-{axis_type.name}-{shape}"] = err
+  return results
+
+
+def collectives(hlo: str) -> dict[str, int]:
+  """Counts of cross-device ops in compiled HLO text (async pairs once)."""
+  kinds = ("all-gather", "all-reduce", "all-to-all", "collective-permute", "reduce-scatter",
+           "collective-broadcast", "ragged-all-to-all")
+  out = {}
+  for kind in kinds:
+    n = len(re.findall(rf"\s{kind}(?:-start)?\(", hlo))
+    if n:
+      out[kind] = n
+  return out
+
+
+def case_fsdp_collectives():
+  """Issue 15's FSDP layout (three weights sharded P('data') over 8 devices):
+  with param_specs the compiled update has no collective at all, for Shampoo
+  and SOAP; without (blocks spread over devices) it has them, which is what
+  shows the count can fail."""
+  mesh = jax.make_mesh((8,), ("data",), axis_types=(AxisType.Auto,))
+  shapes = {"a": (512, 2048), "b": (2048, 512), "c": (512, 512), "scale": (512,)}
+  specs = {"a": P("data"), "b": P("data"), "c": P("data"), "scale": None}
+  params = {k: jax.ShapeDtypeStruct(s, jnp.float32, sharding=NamedSharding(mesh, specs[k] or P()))
+            for k, s in shapes.items()}
+  out = {}
+  for name in ("shampoo", "soap", "adamw"):
+    for local in (True, False):
+      if name == "adamw":
+        if not local:
+          continue
+        tx = optax.adamw(1e-3)
+      else:
+        kw = {"param_specs": specs} if local else {}
+        tx = getattr(shampoo_optax, name)(1e-3, mesh=mesh, block_axis="data", **kw)
+      shardings = shampoo_optax.state_shardings(tx, params, mesh, "data")
+      state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                           jax.eval_shape(tx.init, params), shardings)
+      with jax.set_mesh(mesh):
+        update = jax.jit(tx.update, out_shardings=(
+            jax.tree.map(lambda p: p.sharding, params), shardings))
+        hlo = update.lower(params, state, params).compile().as_text()
+      out[f"{name}-{'local' if local else 'global'}"] = collectives(hlo)
+  assert out["shampoo-local"] == {} and out["soap-local"] == {} and out["adamw-local"] == {}, out
+  assert out["shampoo-global"] and out["soap-global"], out
+  # Specs the mesh cannot honour are named with their leaf.
+  odd = {"w": jax.ShapeDtypeStruct((12, 8), jnp.float32)}
+  tx = shampoo_optax.shampoo(1e-3, mesh=mesh, block_axis="data", param_specs={"w": P("data")})
+  try:
+    tx.init(odd)
+    raise AssertionError("a dimension not divisible by the block axis was accepted")
+  except ValueError as e:
+    assert "param_specs['w']" in str(e) and "not divisible" in str(e), e
+  mesh2 = jax.make_mesh((4, 2), ("data", "model"), axis_types=(AxisType.Auto,) * 2)
+  tx = shampoo_optax.shampoo(1e-3, mesh=mesh2, block_axis="data",
+                             param_specs={"w": P("data", "model")})
+  try:
+    tx.init({"w": jax.ShapeDtypeStruct((16, 8), jnp.float32)})
+    raise AssertionError("a parameter sharded over a non-block axis was accepted")
+  except ValueError as e:
+    assert "param_specs['w']" in str(e) and "'model'" in str(e), e
+  return out
 
 
 def case_soap_equivalence():
@@ -284,26 +421,41 @@ def case_multiprocess(process_id, num_processes, port):
   jax.config.update("jax_num_cpu_devices", 2)
   jax.distributed.initialize(f"127.0.0.1:{port}", num_processes, process_id)
   mesh = jax.make_mesh((jax.device_count(),), ("data",), axis_types=(AxisType.Explicit,))
-  tx = shampoo_optax.shampoo(0.05, mesh=mesh, block_axis="data", **HP)
-  with jax.set_mesh(mesh):
-    shardings = {k: NamedSharding(mesh, param_spec(k, s, mesh, "fsdp")) for k, s in SHAPES.items()}
-    to_global = lambda tree: {  # noqa: E731
-        k: jax.make_array_from_callback(v.shape, shardings[k], lambda idx, v=v: np.asarray(v)[idx])
-        for k, v in tree.items()}
-    params = to_global(make_params())
-    state = jax.jit(tx.init)(params)
+  specs = {k: param_spec(k, s, mesh, "fsdp") for k, s in SHAPES.items()}
+  result = {"devices": jax.device_count(), "processes": jax.process_count()}
+  shardings = {k: NamedSharding(mesh, specs[k]) for k in SHAPES}
+  to_global = lambda tree: {  # noqa: E731
+      k: jax.make_array_from_callback(v.shape, shardings[k], lambda idx, v=v: np.asarray(v)[idx])
+      for k, v in tree.items()}
+  # Blocks spread over the devices ("params"), and FSDP's local blocks.
+  for key, extra in [("params", {}), ("local_params", {"param_specs": specs})]:
+    tx = shampoo_optax.shampoo(0.05, mesh=mesh, block_axis="data", **extra, **HP)
+    with jax.set_mesh(mesh):
+      params = to_global(make_params())
+      state = jax.jit(tx.init)(params)
 
-    @jax.jit
-    def step(params, state, grads):
-      updates, state = tx.update(grads, state, params)
-      return optax.apply_updates(params, updates), state
+      @jax.jit
+      def step(params, state, grads):
+        updates, state = tx.update(grads, state, params)  # noqa: B023
+        return optax.apply_updates(params, updates), state
 
-    for t in range(6):
-      params, state = step(params, state, to_global(make_grads(t)))
-    full = {k: np.asarray(jax.experimental.multihost_utils.process_allgather(v, tiled=True))
-            for k, v in params.items()}
-  return {"devices": jax.device_count(), "processes": jax.process_count(),
-          "params": {k: v.tolist() for k, v in full.items()}}
+      for t in range(6):
+        params, state = step(params, state, to_global(make_grads(t)))
+      full = {k: np.asarray(jax.experimental.multihost_utils.process_allgather(v, tiled=True))
+              for k, v in params.items()}
+    result[key] = {k: v.tolist() for k, v in full.items()}
+  return result
+
+
+def case_local_reference(n):
+  """local_reference for FSDP over a data mesh of ``n`` devices (as
+  case_multiprocess lays it out), as lists."""
+  mesh = jax.make_mesh((n,), ("data",), devices=jax.devices()[:n])
+  shardings = {k: NamedSharding(mesh, param_spec(k, s, mesh, "fsdp")) for k, s in SHAPES.items()}
+  index_maps = [{k: s.devices_indices_map(SHAPES[k])[d] for k, s in shardings.items()}
+                for d in mesh.devices.flat]
+  out, _ = local_reference(shampoo_optax.shampoo(0.05, **HP), index_maps, 6)
+  return {"params": {k: v.tolist() for k, v in out.items()}}
 
 
 if __name__ == "__main__":
@@ -315,6 +467,8 @@ if __name__ == "__main__":
   elif name == "reference":
     params, _ = reference(6)
     result = {"params": {k: np.asarray(v).tolist() for k, v in params.items()}}
+  elif name == "local_reference":
+    result = case_local_reference(int(sys.argv[2]))
   elif name == "restore_smaller_mesh":
     result = case_restore_smaller_mesh(sys.argv[2])
   else:

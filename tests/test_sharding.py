@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.sharding import PartitionSpec as P
 
 import shampoo_optax
 
@@ -39,6 +40,19 @@ def test_sharded_equals_single_device():
   errors = run_case("equivalence")
   assert len(errors) == 8
   assert max(errors.values()) <= 1e-5, errors
+
+
+def test_fsdp_local_blocks_equal_single_device_on_each_shard():
+  """param_specs: Shampoo and SOAP, data and data x model meshes, both axis types."""
+  errors = run_case("fsdp_local")
+  assert len(errors) == 4 and max(errors.values()) <= 1e-4, errors
+
+
+def test_fsdp_update_has_no_collectives():
+  """Issue 15: with param_specs, the compiled FSDP update moves nothing between devices."""
+  counts = run_case("fsdp_collectives")
+  assert counts["shampoo-local"] == counts["soap-local"] == counts["adamw-local"] == {}, counts
+  assert counts["shampoo-global"], counts  # the count finds them where they are
 
 
 def test_sharded_soap_equals_single_device():
@@ -73,24 +87,38 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def test_two_processes_equal_single_device():
+def test_two_processes_equal_single_device(tmp_path):
   port = _free_port()
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   cmd = lambda pid: [sys.executable, "-m", "tests.sharding_cases", "multiprocess",  # noqa: E731
                      str(pid), "2", str(port)]
-  procs = [subprocess.Popen(cmd(pid), cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True) for pid in (0, 1)]
-  outputs = [p.communicate(timeout=600) for p in procs]
+  # Output to files, not pipes: a process blocked on a full pipe (read after
+  # the other's) would hold the other at jax.distributed's shutdown barrier.
+  files = [(open(tmp_path / f"{pid}.out", "w+"), open(tmp_path / f"{pid}.err", "w+"))
+           for pid in (0, 1)]
+  procs = [subprocess.Popen(cmd(pid), cwd=ROOT, env=env, stdout=out, stderr=err, text=True)
+           for pid, (out, err) in zip((0, 1), files)]
+  outputs = []
+  for proc, (out, err) in zip(procs, files):
+    proc.wait(timeout=600)
+    with out, err:
+      out.seek(0)
+      err.seek(0)
+      outputs.append((out.read(), err.read()))
   results = []
   for proc, (stdout, stderr) in zip(procs, outputs):
     lines = [ln for ln in stdout.splitlines() if ln.startswith("RESULT ")]
     assert proc.returncode == 0 and lines, stdout[-2000:] + stderr[-4000:]
     results.append(json.loads(lines[-1][len("RESULT "):]))
   reference = run_case("reference")["params"]
+  local = run_case("local_reference", 4)["params"]  # FSDP's local blocks on 4 devices
   for result in results:
     assert result["devices"] == 4 and result["processes"] == 2
     for k, v in reference.items():
       np.testing.assert_allclose(result["params"][k], v, atol=1e-5)
+      np.testing.assert_allclose(result["local_params"][k], local[k], atol=1e-5)
+    # The two layouts cut different blocks: the comparison above can tell them apart.
+    assert max(np.max(np.abs(np.subtract(local[k], v))) for k, v in reference.items()) > 1e-3
 
 
 def test_block_axis_without_mesh_is_an_error():
@@ -102,6 +130,38 @@ def test_unknown_block_axis_is_an_error():
   mesh = jax.make_mesh((1,), ("data",))
   with pytest.raises(ValueError, match="not in the mesh"):
     shampoo_optax.shampoo(1e-3, mesh=mesh, block_axis="model")
+
+
+def test_param_specs_errors():
+  mesh = jax.make_mesh((1,), ("data",))
+  params = {"w": jnp.ones((8, 8)), "b": jnp.ones(8)}
+  with pytest.raises(ValueError, match="param_specs needs mesh= and block_axis="):
+    shampoo_optax.shampoo(1e-3, mesh=mesh, param_specs={"w": None, "b": None})
+  with pytest.raises(TypeError, match="PartitionSpec"):
+    shampoo_optax.shampoo(1e-3, mesh=mesh, block_axis="data", param_specs={"w": "data", "b": None})
+  tx = shampoo_optax.shampoo(1e-3, mesh=mesh, block_axis="data", param_specs={"w": None})
+  with pytest.raises(ValueError, match="param_specs must have the parameters' tree structure"):
+    tx.init(params)
+  tx = shampoo_optax.soap(1e-3, mesh=mesh, block_axis="data",
+                          param_specs={"w": P("data", None, None), "b": None})
+  with pytest.raises(ValueError, match=r"param_specs\['w'\].*more entries"):
+    tx.init(params)
+
+
+def test_local_state_on_another_mesh_is_an_error():
+  """A state made with local blocks for one device count is refused by another's."""
+  mesh = jax.make_mesh((1,), ("data",))
+  params = {"w": jnp.ones((8, 8))}
+  tx = shampoo_optax.shampoo(1e-3, block_size=4, mesh=mesh, block_axis="data",
+                             param_specs={"w": P("data")})
+  state = tx.init(params)
+  double = lambda tree: jax.tree.map(lambda x: jnp.concatenate([x, x]), tree)  # noqa: E731
+  doubled = (state[0]._replace(stats=double(state[0].stats), roots=double(state[0].roots),
+                               root_errors=double(state[0].root_errors),
+                               root_failures=double(state[0].root_failures)), *state[1:])
+  tx.update(params, state, params)  # the state it made is fine
+  with pytest.raises(ValueError, match="same param_specs, same block-axis size"):
+    tx.update(params, doubled, params)
 
 
 def test_state_shardings_on_one_device_mesh():
