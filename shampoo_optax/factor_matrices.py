@@ -9,10 +9,12 @@ stack and preconditioned axis, a factor matrix ``L <- b2 L + (1 - b2) G G^T``
 refreshed from each every ``precondition_every`` steps, its preconditioner
 (Shampoo: the inverse root; SOAP: the eigenbasis).
 
-The refresh schedule: with ``stagger``, row ``i`` of a group (see
-``blocking.Group``) is refreshed on the steps ``t`` with ``(t - t0) % k == i %
-k``: ``1/k`` of the rows on every step, so no step pays for all of them, and
-the same rows whatever the mesh, so that sharded and single-device runs agree.
+The refresh schedule: with ``stagger``, rows ``2j`` and ``2j + 1`` of a group
+(see ``blocking.Group``) are refreshed on the steps ``t`` with ``(t - t0) % k ==
+j % k``: ``1/k`` of the rows on every step, so no step pays for all of them;
+by pairs, which paired storage (``quantization.SymmetricPairs``) reads and
+writes whole; and the same rows whatever the mesh, so that sharded and
+single-device runs agree.
 Without it, every row on every ``k``-th step. Either way under
 ``jax.lax.cond``: the gathers and scatters of the due rows happen only in the
 refresh branch.
@@ -181,9 +183,11 @@ def due_rows(schedule: Schedule, count: jax.Array, n: int,
   ``>= n``) and whether each is refreshed now.
   """
   if not schedule.dense:
+    # By pairs of rows (2j, 2j + 1), which paired storage keeps together.
     t0, k = schedule.first_step(), schedule.every
-    first = (count - t0 - row_offset) % k  # the first due row
-    rows = first + k * jnp.arange(-(-n // k))
+    first = (count - t0 - row_offset // 2) % k  # the first due pair
+    pairs = first + k * jnp.arange(-(-n // (2 * k)))
+    rows = (2 * pairs[:, None] + jnp.arange(2)[None, :]).reshape(-1)
     return rows, (count >= t0) & (rows < n)
   if schedule.stagger:  # every == 1: every row on every step from t0
     return jnp.arange(n), jnp.broadcast_to(count >= schedule.first_step(), (n,))

@@ -149,16 +149,13 @@ def _pair_encode(full: jax.Array) -> SymmetricPairs:
                         jnp.sum(jnp.where(eye, second, 0.0), axis=-1))
 
 
-def _pair_decode(stored: SymmetricPairs, half=None) -> jax.Array:
-  """:class:`SymmetricPairs` -> ``[2h, d, d]``; with ``half`` (bool ``[h]``,
-  True for the second of a pair), one matrix per stored pair: ``[h, d, d]``."""
+def _pair_decode(stored: SymmetricPairs) -> jax.Array:
+  """:class:`SymmetricPairs` -> ``[2h, d, d]``."""
   triangles, diagonals = stored
   mirrored = jnp.swapaxes(triangles, -1, -2)
   upper, lower, eye = _masks(triangles.shape[-1])
   first = jnp.where(upper, triangles, mirrored)
   second = jnp.where(eye, diagonals[..., None], jnp.where(lower, triangles, mirrored))
-  if half is not None:
-    return jnp.where(half[:, None, None], second, first)
   return jnp.stack([first, second], axis=1).reshape(-1, *triangles.shape[1:])
 
 
@@ -250,29 +247,25 @@ class Codec:
     return self.decode(part, slot)[:, :d, :d]
 
   def take_rows(self, stored, rows: jax.Array, d: int) -> jax.Array:
-    """float32 ``[len(rows), d, d]``: the matrices at ``rows`` (out of range: zeros)."""
+    """float32 ``[len(rows), d, d]``: the matrices at ``rows`` (out of range: zeros).
+
+    Paired storage reads whole pairs: ``rows`` must be pairs ``2j, 2j + 1``
+    one after the other, as ``factor_matrices.due_rows`` gives them.
+    """
     if self.paired:
-      return _pair_decode(take_rows(stored, rows // 2), half=rows % 2 == 1)
+      return _pair_decode(take_rows(stored, rows[0::2] // 2))
     return self.decode(take_rows(stored, rows), d)
 
   def put_rows(self, stored, rows: jax.Array, full: jax.Array):
     """``stored`` with the matrices at ``rows`` replaced (out of range: dropped).
 
-    ``rows`` must not hold both matrices of a pair (the refresh's staggered
-    rows are ``precondition_every >= 2`` apart; a dense refresh encodes all).
+    Paired storage writes whole pairs: ``rows`` as for :meth:`take_rows`.
     """
     if not self.paired:
       return put_rows(stored, rows, self.encode(full))
-    d = full.shape[-1]
-    index = jnp.where(rows < self.num_matrices(stored), rows // 2, stored.triangles.shape[0])
-    old = take_rows(stored, index)
-    upper, lower, eye = _masks(d)
-    second = rows % 2 == 1
-    keep = jnp.where(second[:, None, None], lower, upper)
-    new = SymmetricPairs(
-        jnp.where(keep, full, old.triangles),
-        jnp.where(second[:, None], jnp.sum(jnp.where(eye, full, 0.0), axis=-1), old.diagonals))
-    return put_rows(stored, index, new)
+    pairs = rows[0::2] // 2
+    index = jnp.where(pairs < stored.triangles.shape[0], pairs, stored.triangles.shape[0])
+    return put_rows(stored, index, _pair_encode(full))
 
   def rounding_noise(self, stored, full: jax.Array) -> jax.Array:
     """``[n]``: a high-probability bound on the spectral norm of the storage error.

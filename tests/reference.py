@@ -54,11 +54,11 @@ class NumpyShampoo:
   start_preconditioning_step``: without ``stagger``, every root on the steps
   ``t > start`` with ``(t - start - 1) % k == 0``. With ``stagger`` (the
   package's default), row ``i`` of a group on the steps ``t >= t0`` with
-  ``(t - t0) % k == i % k``, ``t0 = max(1, start - k + 1)``. Roots are computed
-  from the statistics including step ``t``'s gradient. From step ``start + 1``
-  on, each block's step is ``mu_hat`` times its current roots (the identity for
-  a statistic not refreshed yet) along each preconditioned axis, rescaled to
-  the norm of Adam's step for the block.
+  ``(t - t0) % k == (i // 2) % k`` (by pairs of rows), ``t0 = max(1, start -
+  k + 1)``. Roots are computed from the statistics including step ``t``'s
+  gradient. From step ``start + 1`` on, each block's step is ``mu_hat`` times
+  its current roots (the identity for a statistic not refreshed yet) along
+  each preconditioned axis, rescaled to the norm of Adam's step for the block.
 
   Dimensions larger than ``skip_preconditioning_dim_size_gt`` are neither
   split into blocks nor given a statistic. ``nesterov`` is ``optax.adam``'s.
@@ -104,7 +104,7 @@ class NumpyShampoo:
   def _due(self, t, row):
     if self.stagger:
       t0 = max(1, self.start - self.k + 1)
-      return t >= t0 and (t - t0) % self.k == row % self.k
+      return t >= t0 and (t - t0) % self.k == (row // 2) % self.k
     return t > self.start and (t - self.start - 1) % self.k == 0
 
   def step(self, grads):

@@ -9,7 +9,7 @@ import optax
 import pytest
 
 import shampoo_optax
-from shampoo_optax import quantization
+from shampoo_optax import factor_matrices, quantization
 
 
 def random_psd(rng, n, d):
@@ -33,23 +33,40 @@ def test_float32_round_trip_is_exact(rng, symmetric):
 
 @pytest.mark.parametrize("dtype", ["float32", "int8"])
 def test_take_and_put_rows_touch_only_those_rows(rng, dtype):
-  """Rows read and written one matrix at a time, either half of a stored pair;
-  the other matrix of the pair keeps every entry, its diagonal included."""
+  """Rows read and written by pairs (2j, 2j + 1), as the refresh schedule
+  gives them; the other pairs keep every entry, their diagonals included."""
   d = 5
-  x = random_psd(rng, 6, d)
+  x = random_psd(rng, 8, d)
   codec = quantization.Codec(dtype)
   stored = codec.encode(x)
   exact = codec.decode(stored, d)
-  rows = jnp.asarray([1, 4, 9])  # 9 is out of range: dropped, read as zeros
+  rows = jnp.asarray([2, 3, 6, 7, 10, 11])  # 10, 11 are out of range: dropped, read as zeros
   taken = codec.take_rows(stored, rows, d)
-  np.testing.assert_array_equal(taken[:2], exact[jnp.asarray([1, 4])])
-  np.testing.assert_array_equal(taken[2], np.zeros((d, d)))
-  new = random_psd(rng, 3, d)
+  np.testing.assert_array_equal(taken[:4], exact[jnp.asarray([2, 3, 6, 7])])
+  np.testing.assert_array_equal(taken[4:], np.zeros((2, d, d)))
+  new = random_psd(rng, 6, d)
   back = codec.decode(codec.put_rows(stored, rows, new), d)
   tol = 0 if dtype == "float32" else 1e-2 * float(jnp.max(jnp.abs(new)))
-  np.testing.assert_allclose(back[jnp.asarray([1, 4])], new[:2], atol=tol)
-  for r in (0, 2, 3, 5):
+  np.testing.assert_allclose(back[jnp.asarray([2, 3, 6, 7])], new[:4], atol=tol)
+  for r in (0, 1, 4, 5):
     np.testing.assert_array_equal(back[r], exact[r])
+
+
+def test_due_rows_come_in_pairs_and_cover_every_row_once_per_cycle():
+  """Staggered: each step's rows are whole pairs; over k steps every row is due
+  exactly once, wherever a device's rows start (row_offset)."""
+  schedule = factor_matrices.Schedule(every=3, start=5, stagger=True)
+  n = 10
+  for offset in (0, 10, 20):
+    seen = []
+    for t in range(schedule.first_step(), schedule.first_step() + 3):
+      rows, due = factor_matrices.due_rows(schedule, jnp.asarray(t), n, offset)
+      rows = [int(r) for r, d in zip(rows, due) if d]
+      assert all(r % 2 == 0 and r + 1 in rows for r in rows[0::2]), rows
+      # The pair index, global, is due at t - t0 (mod k).
+      assert all(((offset + r) // 2 - (t - schedule.first_step())) % 3 == 0 for r in rows)
+      seen += rows
+    assert sorted(seen) == list(range(n)), (offset, seen)
 
 
 def test_paired_accumulate_is_the_update_in_stored_form(rng):
