@@ -218,6 +218,39 @@ def _segments(dim: int, block: int) -> list[tuple[int, int, int]]:
   return out
 
 
+def _merged_axes(shape: tuple[int, ...], max_dim: int) -> list[list[int]]:
+  """The axes of ``shape`` that make up each of merge_small_dims' dimensions."""
+  groups: list[list[int]] = []
+  current = 1
+  for axis, d in enumerate(shape):
+    if d == 1:
+      continue
+    if groups and (current * d <= max_dim or current == 1):
+      current *= d
+      groups[-1].append(axis)
+    else:
+      groups.append([axis])
+      current = d
+  return groups
+
+
+def _fold_thin_shard(merged: tuple[int, ...], preconditioned: tuple[bool, ...],
+                     block_size: int) -> tuple[int, ...]:
+  """A shard thinner than a block, ``[r, c]`` with ``r < block_size`` (FSDP over
+  many devices: a 4096-row weight on 256 devices is 16 rows each), read as the
+  matrix ``[r c / b, b]`` (a row-major reshape, ``b = block_size``): blocks
+  of ``[r, b]`` would carry a ``b x b`` statistic for ``r b`` entries, ``b / r``
+  times the state per parameter of whole blocks; folded, the blocks are
+  whole again. Likewise ``c < block_size``. Shampoo on a reshaped tensor, as
+  for merged dimensions; only shards (``plan_leaf``'s ``global_shape``) fold."""
+  if len(merged) != 2 or not all(preconditioned) or min(merged) >= block_size:
+    return merged
+  size = merged[0] * merged[1]
+  if size % block_size or size // block_size <= min(merged):
+    return merged
+  return (size // block_size, block_size)
+
+
 def plan_leaf(
     shape: tuple[int, ...],
     *,
@@ -225,9 +258,20 @@ def plan_leaf(
     max_merged_dim: int,
     skip_preconditioning_dim_size_gt: int,
     exponent_override: int | None,
+    global_shape: tuple[int, ...] | None = None,
 ) -> LeafPlan:
+  """``shape``: the leaf's (local) shape; ``global_shape``: the whole
+  parameter's, when ``shape`` is one device's shard of it: a dimension too
+  large to precondition is judged by its whole size, so a shard is
+  preconditioned on the sides the whole parameter would be, and a thin shard
+  is folded (``_fold_thin_shard``)."""
   merged = merge_small_dims(shape, max_merged_dim)
   preconditioned = tuple(d <= skip_preconditioning_dim_size_gt for d in merged)
+  if global_shape is not None:
+    preconditioned = tuple(
+        pre and all(global_shape[a] <= skip_preconditioning_dim_size_gt for a in axes)
+        for pre, axes in zip(preconditioned, _merged_axes(shape, max_merged_dim)))
+    merged = _fold_thin_shard(merged, preconditioned, block_size)
   num_preconditioned = sum(preconditioned)
   if len(merged) < 2 or num_preconditioned == 0:
     return LeafPlan(shape, merged, (), 0, (), ())
@@ -260,8 +304,13 @@ def make_plan(
     exponent_override: int | None,
     shard_multiple: int = 1,
     pad_slots: bool = True,
+    global_shapes: tuple[tuple[int, ...], ...] | None = None,
 ) -> Plan:
-  """Builds the plan for parameters of the given shapes (in tree order)."""
+  """Builds the plan for parameters of the given shapes (in tree order).
+
+  ``global_shapes``: with ``shapes`` those of one device's shards, the whole
+  parameters' (see ``plan_leaf``).
+  """
   leaves = tuple(
       plan_leaf(
           s,
@@ -269,8 +318,9 @@ def make_plan(
           max_merged_dim=max_merged_dim,
           skip_preconditioning_dim_size_gt=skip_preconditioning_dim_size_gt,
           exponent_override=exponent_override,
+          global_shape=None if global_shapes is None else global_shapes[i],
       )
-      for s in shapes
+      for i, s in enumerate(shapes)
   )
   classes: dict[tuple[int, ...], list[int]] = {}
   for i, leaf in enumerate(leaves):
@@ -461,9 +511,10 @@ class Layout:
   def plan(self, leaves) -> Plan:
     return self.plan_shapes([x.shape for x in leaves])
 
-  def plan_shapes(self, shapes) -> Plan:
+  def plan_shapes(self, shapes, global_shapes=None) -> Plan:
     return make_plan(
         tuple(tuple(s) for s in shapes),
+        global_shapes=None if global_shapes is None else tuple(tuple(s) for s in global_shapes),
         block_size=self.block_size,
         max_merged_dim=self.max_merged_dim,
         skip_preconditioning_dim_size_gt=self.skip_preconditioning_dim_size_gt,

@@ -70,7 +70,8 @@ class Core:
     """The block plan of ``tree``'s leaves: of their local shapes with ``local``."""
     if self.local is None:
       return self.layout.plan_shapes([x.shape for x in jax.tree.leaves(tree)])
-    return self.layout.plan_shapes(self.local.local_shapes(tree))
+    return self.layout.plan_shapes(self.local.local_shapes(tree),
+                                   [x.shape for x in jax.tree.leaves(tree)])
 
   def transformation(self, state_cls, step_fn) -> optax.GradientTransformationExtraArgs:
     """init and update around ``step_fn(grads, mu, nu, groups, count) -> (step, mu, nu,

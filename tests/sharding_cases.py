@@ -25,6 +25,7 @@ from jax.sharding import AxisType, NamedSharding  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 
 import shampoo_optax  # noqa: E402
+from shampoo_optax import blocking  # noqa: E402
 
 SHAPES = {"embed": (24, 16), "w1": (16, 40), "w2": (40, 16), "conv": (3, 3, 4, 8), "b": (16,)}
 HP = dict(block_size=8, precondition_every=2, start_preconditioning_step=2, b2=0.95,
@@ -129,29 +130,45 @@ def case_equivalence():
   return results
 
 
-def local_reference(tx, index_maps, steps):
+def local_reference(tx, index_maps, steps, block_size=8):
   """What FSDP with local blocks must give: the single-device optimizer run on
   each device's own shards, as a tree of their own (its plan is the device's
   local plan), put back together. ``index_maps``: per device, ``{name: index}``
   (as ``NamedSharding.devices_indices_map`` gives); returns global numpy params
-  and, per device, the single-device run's state."""
+  and, per device, the single-device run's state. ``block_size``: ``tx``'s.
+
+  ``blocking`` decides which shards fold (its own tests pin the rule down);
+  given that, this checks that the sharded optimizer computes exactly the
+  single-device one on every shard."""
   step = jax.jit(lambda p, s, g: (lambda u, s: (optax.apply_updates(p, u), s))(
       *tx.update(g, s, p)))
   params = {k: np.asarray(v) for k, v in make_params().items()}
   grads = [{k: np.asarray(v) for k, v in make_grads(t).items()} for t in range(steps)]
   out = {k: np.full(v.shape, np.nan, np.float32) for k, v in params.items()}
+
+  def shape_of(k, shard):
+    """A shard thinner than a block is folded (blocking._fold_thin_shard):
+    the single-device optimizer is handed it in that shape."""
+    leaf = blocking.plan_leaf(shard.shape, global_shape=params[k].shape, block_size=block_size,
+                              max_merged_dim=block_size, skip_preconditioning_dim_size_gt=4096,
+                              exponent_override=2)
+    folded = leaf.merged_shape != blocking.merge_small_dims(shard.shape, block_size)
+    return leaf.merged_shape if folded else shard.shape
+
   states, done = [], {}
   for index in index_maps:
     key = repr(sorted((k, repr(i)) for k, i in index.items()))
     if key not in done:
-      p = {k: jnp.asarray(v[index[k]]) for k, v in params.items()}
+      shapes = {k: shape_of(k, v[index[k]]) for k, v in params.items()}
+      p = {k: jnp.asarray(v[index[k]].reshape(shapes[k])) for k, v in params.items()}
       s = tx.init(p)
       for t in range(steps):
-        p, s = step(p, s, {k: jnp.asarray(g[index[k]]) for k, g in grads[t].items()})
+        p, s = step(p, s, {k: jnp.asarray(g[index[k]].reshape(shapes[k]))
+                           for k, g in grads[t].items()})
       done[key] = (p, s)
     p, s = done[key]
     for k in out:
-      out[k][index[k]] = np.asarray(p[k])
+      out[k][index[k]] = np.asarray(p[k]).reshape(out[k][index[k]].shape)
     states.append(s)
   return out, states
 

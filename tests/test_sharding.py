@@ -173,3 +173,46 @@ def test_state_shardings_on_one_device_mesh():
   assert jax.tree.structure(state) == jax.tree.structure(shardings)
   inner = shardings[0]
   assert all(s.spec == jax.sharding.PartitionSpec("data") for s in jax.tree.leaves(inner.stats))
+
+
+def test_local_blocks_skip_dims_by_their_whole_size():
+  """A shard is preconditioned on the sides the whole parameter would be: a
+  dimension over skip_preconditioning_dim_size_gt stays skipped however small
+  its shard."""
+  from shampoo_optax import blocking  # noqa: PLC0415
+
+  kw = dict(block_size=128, max_merged_dim=128, skip_preconditioning_dim_size_gt=4096,
+            exponent_override=2)
+  whole = blocking.make_plan(((8192, 256),), **kw).leaves[0]
+  shard = blocking.make_plan(((1024, 256),), global_shapes=((8192, 256),), **kw).leaves[0]
+  alone = blocking.make_plan(((1024, 256),), **kw).leaves[0]
+  assert whole.preconditioned == shard.preconditioned == (False, True)
+  assert alone.preconditioned == (True, True)
+
+
+def test_thin_shards_fold_into_whole_blocks():
+  """FSDP over many devices leaves shards thinner than a block: [16, 4096] of a
+  [4096, 4096] weight on 256 devices. Folded to [512, 128] (a row-major
+  reshape), its blocks are whole 128 x 128 again, and so is its statistics'
+  memory per parameter; a shard of whole blocks, or of one preconditioned
+  side, is not folded, and neither is a whole (unsharded) parameter."""
+  from shampoo_optax import blocking  # noqa: PLC0415
+
+  kw = dict(block_size=128, max_merged_dim=128, skip_preconditioning_dim_size_gt=4096,
+            exponent_override=2)
+
+  def leaf(shape, whole=None):
+    return blocking.plan_leaf(shape, global_shape=whole, **kw)
+
+  thin = leaf((16, 4096), (4096, 4096))
+  assert thin.merged_shape == (512, 128) and [p.block_shape for p in thin.pieces] == [(128, 128)]
+  assert leaf((4096, 16), (4096, 4096)).merged_shape == (512, 128)
+  assert leaf((512, 4096), (4096, 4096)).merged_shape == (512, 4096)
+  assert leaf((64, 4096), (16384, 4096)).merged_shape == (64, 4096)  # one side skipped
+  assert leaf((16, 4096)).merged_shape == (16, 4096)
+  # Folding is a reshape: the blocks of the folded shard are its row-major chunks.
+  plan = blocking.make_plan(((16, 256),), global_shapes=((256, 256),), **kw)
+  x = np.arange(16 * 256, dtype=np.float32).reshape(16, 256)
+  (stack,) = blocking.to_stacks(plan, [jnp.asarray(x)])
+  np.testing.assert_array_equal(stack, x.reshape(32, 128)[None])
+  np.testing.assert_array_equal(blocking.from_stacks(plan, [stack])[0], x)
