@@ -234,21 +234,38 @@ def _merged_axes(shape: tuple[int, ...], max_dim: int) -> list[list[int]]:
   return groups
 
 
-def _fold_thin_shard(merged: tuple[int, ...], preconditioned: tuple[bool, ...],
-                     block_size: int) -> tuple[int, ...]:
-  """A shard thinner than a block, ``[r, c]`` with ``r < block_size`` (FSDP over
-  many devices: a 4096-row weight on 256 devices is 16 rows each), read as the
-  matrix ``[r c / b, b]`` (a row-major reshape, ``b = block_size``): blocks
-  of ``[r, b]`` would carry a ``b x b`` statistic for ``r b`` entries, ``b / r``
-  times the state per parameter of whole blocks; folded, the blocks are
-  whole again. Likewise ``c < block_size``. Shampoo on a reshaped tensor, as
-  for merged dimensions; only shards (``plan_leaf``'s ``global_shape``) fold."""
-  if len(merged) != 2 or not all(preconditioned) or min(merged) >= block_size:
+def _fold_shard(merged: tuple[int, ...], preconditioned: tuple[bool, ...], block_size: int,
+                row_shards: int) -> tuple[int, ...]:
+  """The shape a 2-D shard ``[r, c]`` is blocked as (a row-major reshape of it).
+
+  FSDP cuts a parameter's rows over ``row_shards`` devices. Two cases would
+  otherwise cost every device far more statistics than its share:
+
+  - ``r < block_size`` (a 4096-row weight on 256 devices: 16 rows each):
+    ``[r, b]`` blocks would carry a ``b x b`` statistic for ``r b`` entries,
+    ``b / r`` times the state per parameter of whole blocks. Folded to
+    ``[r c / b, b]``, the blocks are whole again.
+  - Rows not preconditioned (a dimension over
+    ``skip_preconditioning_dim_size_gt``): one device keeps one ``b x b``
+    column statistic per column block, over all the rows; sharded, every
+    device would keep them all, over its rows. Folded to ``[r t, c / t]``
+    (``t = row_shards``, or the largest divisor of ``c / b`` below it), the
+    devices together keep as many column statistics as one device would,
+    each over as many rows (``t`` column blocks share one).
+
+  Shampoo on a reshaped tensor, as for merged dimensions; only shards fold.
+  """
+  if len(merged) != 2:
     return merged
-  size = merged[0] * merged[1]
-  if size % block_size or size // block_size <= min(merged):
-    return merged
-  return (size // block_size, block_size)
+  r, c = merged
+  if all(preconditioned) and min(r, c) < block_size and (r * c) % block_size == 0:
+    folded = (r * c // block_size, block_size)
+    return folded if folded[0] > min(r, c) else merged
+  if preconditioned == (False, True) and row_shards > 1 and c % block_size == 0:
+    blocks = c // block_size
+    t = max(d for d in range(1, min(row_shards, blocks) + 1) if blocks % d == 0)
+    return (r * t, c // t)
+  return merged
 
 
 def plan_leaf(
@@ -263,15 +280,17 @@ def plan_leaf(
   """``shape``: the leaf's (local) shape; ``global_shape``: the whole
   parameter's, when ``shape`` is one device's shard of it: a dimension too
   large to precondition is judged by its whole size, so a shard is
-  preconditioned on the sides the whole parameter would be, and a thin shard
-  is folded (``_fold_thin_shard``)."""
+  preconditioned on the sides the whole parameter would be, and some shards
+  are folded (``_fold_shard``)."""
   merged = merge_small_dims(shape, max_merged_dim)
   preconditioned = tuple(d <= skip_preconditioning_dim_size_gt for d in merged)
   if global_shape is not None:
+    axes = _merged_axes(shape, max_merged_dim)
     preconditioned = tuple(
-        pre and all(global_shape[a] <= skip_preconditioning_dim_size_gt for a in axes)
-        for pre, axes in zip(preconditioned, _merged_axes(shape, max_merged_dim)))
-    merged = _fold_thin_shard(merged, preconditioned, block_size)
+        pre and all(global_shape[a] <= skip_preconditioning_dim_size_gt for a in group)
+        for pre, group in zip(preconditioned, axes))
+    row_shards = math.prod(global_shape[a] // shape[a] for a in axes[0]) if axes else 1
+    merged = _fold_shard(merged, preconditioned, block_size, row_shards)
   num_preconditioned = sum(preconditioned)
   if len(merged) < 2 or num_preconditioned == 0:
     return LeafPlan(shape, merged, (), 0, (), ())

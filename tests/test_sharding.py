@@ -194,8 +194,8 @@ def test_thin_shards_fold_into_whole_blocks():
   """FSDP over many devices leaves shards thinner than a block: [16, 4096] of a
   [4096, 4096] weight on 256 devices. Folded to [512, 128] (a row-major
   reshape), its blocks are whole 128 x 128 again, and so is its statistics'
-  memory per parameter; a shard of whole blocks, or of one preconditioned
-  side, is not folded, and neither is a whole (unsharded) parameter."""
+  memory per parameter; a shard of whole blocks is not folded, and neither
+  is a whole (unsharded) parameter."""
   from shampoo_optax import blocking  # noqa: PLC0415
 
   kw = dict(block_size=128, max_merged_dim=128, skip_preconditioning_dim_size_gt=4096,
@@ -208,7 +208,14 @@ def test_thin_shards_fold_into_whole_blocks():
   assert thin.merged_shape == (512, 128) and [p.block_shape for p in thin.pieces] == [(128, 128)]
   assert leaf((4096, 16), (4096, 4096)).merged_shape == (512, 128)
   assert leaf((512, 4096), (4096, 4096)).merged_shape == (512, 4096)
-  assert leaf((64, 4096), (16384, 4096)).merged_shape == (64, 4096)  # one side skipped
+  # Rows not preconditioned (16384 > 4096), cut over N devices: N column
+  # blocks share a statistic (as many in all as one device keeps: 32).
+  assert leaf((64, 4096), (16384, 4096)).merged_shape == (64 * 32, 128)  # N = 256
+  assert leaf((64, 4096), (16384, 4096)).preconditioned == (False, True)
+  assert leaf((256, 4096), (16384, 4096)).merged_shape == (256 * 32, 128)  # N = 64
+  assert leaf((2048, 4096), (16384, 4096)).merged_shape == (2048 * 8, 512)  # N = 8
+  assert leaf((16384, 4096), (16384, 4096)).merged_shape == (16384, 4096)  # N = 1
+  assert leaf((4096, 64), (4096, 16384)).merged_shape == (4096, 64)  # columns skipped
   assert leaf((16, 4096)).merged_shape == (16, 4096)
   # Folding is a reshape: the blocks of the folded shard are its row-major chunks.
   plan = blocking.make_plan(((16, 256),), global_shapes=((256, 256),), **kw)
