@@ -34,7 +34,7 @@ def test_nnx_example():
 
 
 BENCHMARKS = ["lm.py", "cnn.py", "roots.py", "growth.py", "sharding_memory.py",
-              "diagnostics_cost.py", "accelerator.py", "update_cost.py"]
+              "diagnostics_cost.py", "accelerator.py", "update_cost.py", "scale.py"]
 
 
 @pytest.mark.parametrize("script", BENCHMARKS)
