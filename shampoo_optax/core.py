@@ -177,6 +177,7 @@ class Core:
               for name in variant.outputs}
     return leaves, (stats, precond, errors, failures)
 
+
 def _from_stacks(plan, output):
   """An output of ``Variant.apply``: stacks, or (stacks, per-block scales)."""
   if isinstance(output, tuple):
