@@ -290,7 +290,8 @@ def plan_leaf(
         pre and all(global_shape[a] <= skip_preconditioning_dim_size_gt for a in group)
         for pre, group in zip(preconditioned, axes))
     row_shards = math.prod(global_shape[a] // shape[a] for a in axes[0]) if axes else 1
-    merged = _fold_shard(merged, preconditioned, block_size, row_shards)
+    if tuple(global_shape) != tuple(shape):  # a shard (a replicated leaf is not folded)
+      merged = _fold_shard(merged, preconditioned, block_size, row_shards)
   num_preconditioned = sum(preconditioned)
   if len(merged) < 2 or num_preconditioned == 0:
     return LeafPlan(shape, merged, (), 0, (), ())

@@ -217,6 +217,7 @@ def test_thin_shards_fold_into_whole_blocks():
   assert leaf((16384, 4096), (16384, 4096)).merged_shape == (16384, 4096)  # N = 1
   assert leaf((4096, 64), (4096, 16384)).merged_shape == (4096, 64)  # columns skipped
   assert leaf((16, 4096)).merged_shape == (16, 4096)
+  assert leaf((16, 4096), (16, 4096)).merged_shape == (16, 4096)  # replicated: not a shard
   # Folding is a reshape: the blocks of the folded shard are its row-major chunks.
   plan = blocking.make_plan(((16, 256),), global_shapes=((256, 256),), **kw)
   x = np.arange(16 * 256, dtype=np.float32).reshape(16, 256)
