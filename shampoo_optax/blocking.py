@@ -154,19 +154,23 @@ def merge_small_dims(shape: tuple[int, ...], max_dim: int) -> tuple[int, ...]:
   >>> merge_small_dims((1, 512, 1), 128)
   (512,)
   """
-  merged = []
+  return tuple(math.prod(shape[a] for a in axes) for axes in _merged_axes(shape, max_dim))
+
+
+def _merged_axes(shape: tuple[int, ...], max_dim: int) -> list[list[int]]:
+  """The axes of ``shape`` that make up each of merge_small_dims' dimensions."""
+  groups: list[list[int]] = []
   current = 1
-  for d in shape:
+  for axis, d in enumerate(shape):
     if d == 1:
       continue
-    if current * d <= max_dim or current == 1:
+    if groups and current * d <= max_dim:
       current *= d
+      groups[-1].append(axis)
     else:
-      merged.append(current)
+      groups.append([axis])
       current = d
-  if current > 1:
-    merged.append(current)
-  return tuple(merged)
+  return groups
 
 
 def group_dim(dim: int, block_size: int) -> int:
@@ -216,22 +220,6 @@ def _segments(dim: int, block: int) -> list[tuple[int, int, int]]:
   if rest:
     out.append((full * block, 1, rest))
   return out
-
-
-def _merged_axes(shape: tuple[int, ...], max_dim: int) -> list[list[int]]:
-  """The axes of ``shape`` that make up each of merge_small_dims' dimensions."""
-  groups: list[list[int]] = []
-  current = 1
-  for axis, d in enumerate(shape):
-    if d == 1:
-      continue
-    if groups and (current * d <= max_dim or current == 1):
-      current *= d
-      groups[-1].append(axis)
-    else:
-      groups.append([axis])
-      current = d
-  return groups
 
 
 def _fold_shard(merged: tuple[int, ...], preconditioned: tuple[bool, ...], block_size: int,

@@ -133,9 +133,9 @@ def refresh(plan: blocking.Plan, stats: tuple, precond: tuple, errors: tuple,
   """Recomputes the preconditioners that are due at step ``count``, group by group.
 
   ``per_device``: this runs on each device of a mesh (under ``shard_map``,
-  here or in the caller).
+  here through ``block_sharding`` or in the caller's).
   """
-  if per_device or block_sharding.size > 1:
+  if per_device:
     compute = _one_matrix_at_a_time_on_cpu(compute)
   out = []
   for group, s, p, e, n in zip(plan.groups, stats, precond, errors, failures):
