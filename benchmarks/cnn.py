@@ -38,10 +38,10 @@ import peers  # noqa: E402
 import shampoo_optax  # noqa: E402
 
 
-def run(tx, data, *, epochs, batch_size, seed):
+def run(tx, data, *, epochs, batch_size, seed, make_model=nnx_digits.CNN):
   """Like nnx_digits.train, also timing every step and the first (compiling) one."""
   x_train, y_train, x_test, y_test = data
-  model = nnx_digits.CNN(nnx.Rngs(seed))
+  model = make_model(nnx.Rngs(seed))
   optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
   state_bytes = sum(x.nbytes for x in jax.tree.leaves(nnx.state(optimizer, nnx.OptState)))
   rng = np.random.default_rng(seed)
@@ -65,12 +65,14 @@ def run(tx, data, *, epochs, batch_size, seed):
               state_bytes=state_bytes, worst=max(step_times) / float(np.median(step_times)))
 
 
-def main(argv=None):
-  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  p.add_argument("--epochs", type=int, default=10)
+def main(argv=None, *, doc=__doc__, title="CNN on digits", make_model=nnx_digits.CNN,
+         lrs="1e-3,3e-3,1e-2,3e-2", epochs=10, muon_dimension_numbers=None):
+  """The sweep and the table, for any NNX model of the digits (benchmarks/vit.py reuses it)."""
+  p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+  p.add_argument("--epochs", type=int, default=epochs)
   p.add_argument("--batch-size", type=int, default=64)
   p.add_argument("--seeds", default="0,1,2")
-  p.add_argument("--lrs", default="1e-3,3e-3,1e-2")
+  p.add_argument("--lrs", default=lrs, help="learning rates swept on the 1st seed")
   p.add_argument("--optimizers", default="adamw,muon,google_shampoo,shampoo,soap")
   p.add_argument("--weight-decay", type=float, default=1e-4)
   p.add_argument("--tiny", action="store_true")
@@ -82,50 +84,55 @@ def main(argv=None):
   lrs = [float(v) for v in args.lrs.split(",")]
   wd = args.weight_decay
   makers = {
-      "adamw": lambda lr: peers.adamw(lr, weight_decay=wd),
+      "adamw": lambda lr, **kw: peers.adamw(lr, weight_decay=wd, **kw),
       # Muon on the 2-D (dense) kernels, its Adam fallback on convolutions and
-      # biases (optax's default split); consistent_rms as in peers.muon.
-      "muon": lambda lr: optax.contrib.muon(lr, weight_decay=wd, adam_weight_decay=wd,
-                                            consistent_rms=0.2),
-      "google_shampoo": lambda lr: peers.google_shampoo(lr, weight_decay=wd),
-      "shampoo": lambda lr: shampoo_optax.shampoo(lr, weight_decay=wd),
-      # A b2 variant (see benchmarks/README.md, CNN).
-      "shampoo_b2_0.99": lambda lr: shampoo_optax.shampoo(lr, b2=0.99, weight_decay=wd),
-      "soap": lambda lr: shampoo_optax.soap(lr, weight_decay=wd),
+      # biases (optax's default split) unless the model names its own split;
+      # consistent_rms as in peers.muon.
+      "muon": lambda lr, **kw: optax.contrib.muon(lr, **{
+          "weight_decay": wd, "adam_weight_decay": wd, "consistent_rms": 0.2,
+          "muon_weight_dimension_numbers": muon_dimension_numbers, **kw}),
+      "google_shampoo": lambda lr, **kw: peers.google_shampoo(lr, weight_decay=wd, **kw),
+      "shampoo": lambda lr, **kw: shampoo_optax.shampoo(lr, **{"weight_decay": wd, **kw}),
+      "soap": lambda lr, **kw: shampoo_optax.soap(lr, **{"weight_decay": wd, **kw}),
       # Earlier defaults, for comparison (see benchmarks/README.md).
+      "shampoo_b2_0.99": lambda lr: shampoo_optax.shampoo(lr, b2=0.99, weight_decay=wd),
       "shampoo_start_10": lambda lr: shampoo_optax.shampoo(
           lr, start_preconditioning_step=10, weight_decay=wd),
       "soap_b2_0.95": lambda lr: shampoo_optax.soap(lr, b2=0.95, weight_decay=wd),
   }
-  names = args.optimizers.split(",")
+  specs = [peers.parse_spec(spec) for spec in args.optimizers.split(",")]
   print(f"$ python {' '.join(sys.argv)}")
   print(lm.machine())
-  results, failed = {}, {}
-  for name in names:
+  results, failed, edges = {}, {}, []
+  train = dict(epochs=args.epochs, batch_size=args.batch_size, make_model=make_model)
+  for name, kwargs, own_lrs in specs:
+    label = "+".join([name, *(f"{k}={v}" for k, v in kwargs.items())])
     sweep = {}
-    for lr in lrs:
+    for lr in own_lrs or lrs:
       data = nnx_digits.load_digits(seeds[0])
       try:
-        sweep[lr] = run(makers[name](lr), data, epochs=args.epochs,
-                        batch_size=args.batch_size, seed=seeds[0])
+        sweep[lr] = run(makers[name](lr, **kwargs), data, seed=seeds[0], **train)
       except Exception as e:  # noqa: BLE001  (a peer that cannot run here is a result)
-        failed[name] = f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"
-        print(f"  {name:>15s} fails under nnx.Optimizer: {failed[name]}", flush=True)
+        failed[label] = f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"
+        print(f"  {label:>15s} fails under nnx.Optimizer: {failed[label]}", flush=True)
         break
-      print(f"  {name:>15s} lr {lr:.0e} seed {seeds[0]}: test loss {sweep[lr]['evals'][-1][2]:.4f}",
-            flush=True)
-    if name in failed:
+      loss = sweep[lr]["evals"][-1][2]
+      print(f"  {label:>15s} lr {lr:.0e} seed {seeds[0]}: test loss {loss:.4f}", flush=True)
+    if label in failed:
       continue
     best = min(sweep, key=lambda lr: sweep[lr]["evals"][-1][2])
-    results[name] = (best, [sweep[best]] + [
-        run(makers[name](best), nnx_digits.load_digits(s), epochs=args.epochs,
-            batch_size=args.batch_size, seed=s) for s in seeds[1:]])
-  _, base = results["adamw"]
+    if len(sweep) > 1 and best in (min(sweep), max(sweep)):
+      edges.append(f"{label}: best lr {best:g} is at the edge of its grid {sorted(sweep)}")
+    results[label] = (best, [sweep[best]] + [
+        run(makers[name](best, **kwargs), nnx_digits.load_digits(s), seed=s, **train)
+        for s in seeds[1:]])
+    results[label][1][0]["sweep"] = {lr: r["evals"][-1][2] for lr, r in sweep.items()}
+  _, base = results[next(label for label in results if label.split("+")[0] == "adamw")]
   base_loss = [r["evals"][-1][2] for r in base]
   base_secs = np.mean([r["evals"][-1][1] for r in base])
   base_step = np.median([r["step_s"] for r in base])
   base_compile = np.median([r["compile_s"] for r in base])
-  print(f"\nCNN on digits, {args.epochs} epochs of batch {args.batch_size}, seeds {seeds}; "
+  print(f"\n{title}, {args.epochs} epochs of batch {args.batch_size}, seeds {seeds}; "
         f"lr swept over {lrs} on seed {seeds[0]}")
   print(f"{'optimizer':>15s} {'lr':>7s} {'test loss':>16s} {'x AdamW':>7s} {'acc':>6s} "
         f"{'epochs to AdamW':>15s} {'secs x':>6s} {'ms/step':>7s} {'step x':>6s} "
@@ -138,7 +145,8 @@ def main(argv=None):
       hit = [(e, s) for e, (_, s, loss, _) in enumerate(r["evals"], 1) if loss <= target]
       reach.append(hit[0] if hit else None)
     ok = all(x is not None for x in reach)
-    row = dict(name=name, lr=lr, loss=float(np.mean(losses)), loss_std=float(np.std(losses)),
+    row = dict(name=name, lr=lr, sweep=rs[0]["sweep"], loss=float(np.mean(losses)),
+               loss_std=float(np.std(losses)),
                acc=float(np.mean([r["evals"][-1][3] for r in rs])),
                epochs_to_adamw=float(np.mean([x[0] for x in reach])) if ok else None,
                secs_x=float(np.mean([x[1] for x in reach]) / base_secs) if ok else None,
@@ -156,6 +164,11 @@ def main(argv=None):
           f"{row['worst']:9.2f} {row['compile_x']:9.2f} {row['state_x']:7.2f}")
   for name, reason in failed.items():
     print(f"{name:>15s} failed: {reason}")
+  for edge in edges:
+    print(f"NOTE {edge}: widen the grid before quoting this row")
+  print("\nsweeps on the first seed (lr: final test loss):")
+  for name, (_, rs) in results.items():
+    print(f"  {name}: " + ", ".join(f"{lr:g}: {v:.4f}" for lr, v in rs[0]["sweep"].items()))
   if args.json:
     args.json.write_text(json.dumps(dict(command=" ".join(sys.argv), machine=lm.machine(),
                                          rows=rows, failed=failed), indent=1))

@@ -43,39 +43,31 @@ import shampoo_optax  # noqa: E402
 
 
 def make_optimizers(weight_decay: float, block_size: int, precondition_every: int):
-  def ours(lr):
-    return shampoo_optax.shampoo(lr, block_size=block_size, precondition_every=precondition_every,
-                                 weight_decay=weight_decay)
+  """Name -> ``maker(lr, **kwargs)``; kwargs (from ``name+key=value``) replace settings."""
+  ours = dict(block_size=block_size, precondition_every=precondition_every,
+              weight_decay=weight_decay)
 
-  def google(lr):
-    return peers.google_shampoo(lr, block_size=block_size,
-                                preconditioning_compute_steps=precondition_every,
-                                weight_decay=weight_decay)
+  def google(lr, **kw):
+    return peers.google_shampoo(lr, **{"block_size": block_size,
+                                       "preconditioning_compute_steps": precondition_every,
+                                       "weight_decay": weight_decay, **kw})
 
-  def variant(**kwargs):
-    return lambda lr: shampoo_optax.shampoo(
-        lr, block_size=block_size, precondition_every=precondition_every,
-        weight_decay=weight_decay, **kwargs)
-
-  def soap(lr):
-    return shampoo_optax.soap(lr, block_size=block_size, precondition_every=precondition_every,
-                              weight_decay=weight_decay)
+  def variant(make, **fixed):
+    return lambda lr, **kw: make(lr, **{**ours, **fixed, **kw})
 
   return {
-      "adamw": lambda lr, b2=0.999: optax.adamw(lr, b2=b2, weight_decay=weight_decay),
-      "muon": lambda lr: peers.muon(lr, weight_decay=weight_decay),
+      "adamw": lambda lr, b2=0.999, **kw: optax.adamw(lr, b2=b2, weight_decay=weight_decay, **kw),
+      "muon": lambda lr, **kw: peers.muon(lr, weight_decay=weight_decay, **kw),
       "google_shampoo": google,
-      "shampoo": ours,
-      "soap": soap,
+      "shampoo": variant(shampoo_optax.shampoo),
+      "soap": variant(shampoo_optax.soap),
       # Variants of ours, for issue-7 figures: compact statistics, pseudo-inverse.
-      "shampoo_bf16": variant(statistics_dtype="bfloat16"),
-      "shampoo_int8": variant(statistics_dtype="int8"),
-      "shampoo_pinv": variant(pseudo_inverse_rtol=1e-6),
+      "shampoo_bf16": variant(shampoo_optax.shampoo, statistics_dtype="bfloat16"),
+      "shampoo_int8": variant(shampoo_optax.shampoo, statistics_dtype="int8"),
+      "shampoo_pinv": variant(shampoo_optax.shampoo, pseudo_inverse_rtol=1e-6),
       # Earlier defaults, for comparison.
-      "shampoo_start_10": variant(start_preconditioning_step=10),
-      "soap_b2_0.95": lambda lr: shampoo_optax.soap(
-          lr, b2=0.95, block_size=block_size, precondition_every=precondition_every,
-          weight_decay=weight_decay),
+      "shampoo_start_10": variant(shampoo_optax.shampoo, start_preconditioning_step=10),
+      "soap_b2_0.95": variant(shampoo_optax.soap, b2=0.95),
   }
 
 
@@ -91,6 +83,7 @@ def summarize(runs: dict[str, list[lm_common.History]], baseline: str = "adamw")
     rows.append(dict(
         name=name,
         lr=hs[0].lr,
+        config=hs[0].config,
         seeds=len(hs),
         valid=float(np.mean([h.final_valid for h in hs])),
         valid_std=float(np.std([h.final_valid for h in hs])),
@@ -116,13 +109,14 @@ def summarize(runs: dict[str, list[lm_common.History]], baseline: str = "adamw")
 
 def table(rows: list[dict]) -> str:
   fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
-  head = (f"{'optimizer':>15s} {'lr':>7s} {'valid (mean±sd)':>16s} {'x AdamW':>7s} "
+  w = max(15, *(len(r["name"]) for r in rows))
+  head = (f"{'optimizer':>{w}s} {'lr':>7s} {'valid (mean±sd)':>16s} {'x AdamW':>7s} "
           f"{'reached':>7s} {'steps x':>7s} {'secs x':>7s} {'ms/step':>8s} {'step x':>6s} "
           f"{'worst/med':>9s} {'compile s':>9s} {'x':>5s} {'state MB':>8s} {'x':>5s}")
   lines = [head]
   for r in rows:
     lines.append(
-        f"{r['name']:>15s} {r['lr']:7.0e} {r['valid']:9.4f}±{r['valid_std']:.4f} "
+        f"{r['name']:>{w}s} {r['lr']:7.0e} {r['valid']:9.4f}±{r['valid_std']:.4f} "
         f"{r['valid_x']:7.3f} {r['reached']:>7s} {fmt(r['steps_x'], '7.2f'):>7s} "
         f"{fmt(r['secs_x'], '7.2f'):>7s} {r['step_ms']:8.1f} {r['step_x']:6.2f} "
         f"{r['worst_step']:9.2f} {r['compile_s']:9.1f} {r['compile_x']:5.2f} "
@@ -159,9 +153,9 @@ def main(argv=None):
     args.batch_size, args.block_size, args.precondition_every = 8, 32, 4
   seeds = [int(s) for s in args.seeds.split(",")]
   lrs = [float(v) for v in args.lrs.split(",")]
-  names = args.optimizers.split(",")
-  if "adamw" not in names:
-    names = ["adamw", *names]
+  specs = [peers.parse_spec(spec) for spec in args.optimizers.split(",")]
+  if "adamw" not in [name for name, _, _ in specs]:
+    specs = [("adamw", {}, None), *specs]
   print(f"$ python {' '.join(sys.argv)}")
   print(machine())
   corpus = lm_common.load_corpus(200_000 if args.tiny else 2_000_000)
@@ -169,29 +163,36 @@ def main(argv=None):
   common = dict(num_layers=args.layers, seq_len=args.seq_len, batch_size=args.batch_size,
                 steps=args.steps, eval_every=args.eval_every, progress=False)
 
-  def run(name, config, seed):
+  def run(label, name, config, seed):
     t = time.perf_counter()
     h = lm_common.train_lm(optimizers[name](**config), corpus, name=name, seed=seed, **common)
     h.lr, h.config = config["lr"], config
-    print(f"  {name:>15s} {config} seed {seed}: valid {h.final_valid:.4f}, "
+    print(f"  {label} {config} seed {seed}: valid {h.final_valid:.4f}, "
           f"{1e3 * h.median_step:.1f} ms/step ({time.perf_counter() - t:.0f} s)", flush=True)
     return h
 
-  runs, sweeps = {}, {}
-  for name in names:
-    grid = [dict(lr=lr) for lr in lrs]
+  runs, sweeps, edges = {}, {}, []
+  for name, kwargs, own_lrs in specs:
+    label = "+".join([name, *(f"{k}={v}" for k, v in kwargs.items())])
+    grid = [dict(lr=lr, **kwargs) for lr in own_lrs or lrs]
     if name == "adamw":
-      grid = [dict(lr=lr, b2=float(b2)) for b2 in args.adamw_b2s.split(",") for lr in lrs]
-    sweep = [run(name, config, seeds[0]) for config in grid]
+      grid = [dict(c, b2=float(b2)) for b2 in args.adamw_b2s.split(",") for c in grid]
+    sweep = [run(label, name, config, seeds[0]) for config in grid]
     best = min(sweep, key=lambda h: h.final_valid)
-    sweeps[name] = [(h.config, h.final_valid) for h in sweep]
-    runs[name] = [best] + [run(name, best.config, s) for s in seeds[1:]]
-  rows = summarize(runs)
+    sweeps[label] = [(h.config, h.final_valid) for h in sweep]
+    grid_lrs = sorted({c["lr"] for c in grid})
+    if len(grid_lrs) > 1 and best.lr in (grid_lrs[0], grid_lrs[-1]):
+      edges.append(f"{label}: best lr {best.lr:g} is at the edge of its grid {grid_lrs}")
+    runs[label] = [best] + [run(label, name, best.config, s) for s in seeds[1:]]
+  baseline = next(label for label in runs if label.split("+")[0] == "adamw")
+  rows = summarize(runs, baseline=baseline)
   print()
   print(f"{args.layers}-layer char Transformer, batch {args.batch_size}x{args.seq_len}, "
         f"{args.steps} steps, seeds {seeds}; lr swept over {lrs} on seed {seeds[0]} "
-        f"(AdamW also over b2 in {args.adamw_b2s}; best: {runs['adamw'][0].config})")
+        f"(AdamW also over b2 in {args.adamw_b2s}; best: {runs[baseline][0].config})")
   print(table(rows))
+  for edge in edges:
+    print(f"NOTE {edge}: widen the grid before quoting this row")
   print("\nsweeps on the first seed (config: final valid loss):")
   for name, sweep in sweeps.items():
     print(f"  {name}: " + ", ".join(f"{c}: {v:.4f}" for c, v in sweep))

@@ -27,6 +27,7 @@ character Transformer.
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import math
 import sys
@@ -95,8 +96,8 @@ def muon_dimension_numbers(params: PyTree) -> PyTree:
   return jax.tree_util.tree_map_with_path(spec, params)
 
 
-def muon(learning_rate: optax.ScalarOrSchedule,
-         weight_decay: float = 1e-4) -> optax.GradientTransformation:
+def muon(learning_rate: optax.ScalarOrSchedule, weight_decay: float = 1e-4,
+         **kwargs) -> optax.GradientTransformation:
   """``optax.contrib.muon`` for a Flax linen Transformer; see ``muon_dimension_numbers``.
 
   One learning rate serves both groups: ``consistent_rms=0.2`` scales each orthogonalized update
@@ -105,15 +106,16 @@ def muon(learning_rate: optax.ScalarOrSchedule,
   learning rates about 20x larger than Adam's.) Muon keeps its defaults: momentum 0.95, Nesterov,
   5 Newton-Schulz steps. Because ``optax.contrib.muon`` passes ``nesterov`` to its AdamW fallback
   as well, that fallback is NAdamW (betas 0.9, 0.999, eps 1e-8). Weight decay is decoupled,
-  ``lr * weight_decay * param``, on both groups, as in ``adamw``.
+  ``lr * weight_decay * param``, on both groups, as in ``adamw``. ``kwargs`` replace any of
+  these settings (``optax.contrib.muon``'s keyword arguments).
   """
-  return optax.contrib.muon(
-      learning_rate,
-      weight_decay=weight_decay,
-      adam_weight_decay=weight_decay,
-      muon_weight_dimension_numbers=muon_dimension_numbers,
-      consistent_rms=0.2,
-  )
+  return optax.contrib.muon(learning_rate, **{
+      "weight_decay": weight_decay,
+      "adam_weight_decay": weight_decay,
+      "muon_weight_dimension_numbers": muon_dimension_numbers,
+      "consistent_rms": 0.2,
+      **kwargs,
+  })
 
 
 # ----------------------------------------------------------------------------------------------
@@ -294,6 +296,29 @@ PEERS: dict[str, Callable[..., optax.GradientTransformation]] = {
 # ----------------------------------------------------------------------------------------------
 # Smoke check
 # ----------------------------------------------------------------------------------------------
+
+
+def parse_spec(spec: str) -> tuple[str, dict[str, Any], list[float] | None]:
+  """An optimizer named on a benchmark's command line, with its options and lrs.
+
+  ``name[+key=value ...][@lr/lr/...]``: ``shampoo+exponent_override=3+nesterov=True@3e-3/4e-3``
+  is the benchmark's ``shampoo`` with two keyword arguments added, swept over two learning
+  rates (the command's ``--lrs`` when there is no ``@``). Values are Python literals
+  (``ast.literal_eval``) or bare strings. This is how ablations are written down: the command
+  line is the record.
+  """
+  spec, _, lrs = spec.partition("@")
+  name, *pairs = spec.split("+")
+  kwargs = {}
+  for pair in pairs:
+    key, eq, value = pair.partition("=")
+    if not eq or not key.isidentifier():
+      raise ValueError(f"optimizer spec {spec!r}: {pair!r} is not key=value")
+    try:
+      kwargs[key] = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+      kwargs[key] = value
+  return name, kwargs, [float(v) for v in lrs.split("/")] if lrs else None
 
 
 def _smoke_check(num_steps: int = 20, learning_rate: float = 3e-3) -> None:

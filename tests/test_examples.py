@@ -33,7 +33,7 @@ def test_nnx_example():
   assert "Shampoo" in out and "test acc" in out
 
 
-BENCHMARKS = ["lm.py", "cnn.py", "roots.py", "growth.py", "sharding_memory.py",
+BENCHMARKS = ["lm.py", "cnn.py", "vit.py", "roots.py", "growth.py", "sharding_memory.py",
               "diagnostics_cost.py", "accelerator.py", "update_cost.py", "scale.py"]
 
 
@@ -50,3 +50,14 @@ def test_benchmark_tiny(script):
                                     "benchmarks/lm.py", "benchmarks/cnn.py"])
 def test_help(script):
   assert "usage" in run_script(script, "--help").lower()
+
+
+def test_optimizer_spec_parsing():
+  sys.path.insert(0, str(ROOT / "benchmarks"))
+  import peers  # noqa: PLC0415
+
+  assert peers.parse_spec("muon") == ("muon", {}, None)
+  assert peers.parse_spec("shampoo+exponent_override=3+nesterov=True+graft=sgd@3e-3/1e-2") == (
+      "shampoo", {"exponent_override": 3, "nesterov": True, "graft": "sgd"}, [3e-3, 1e-2])
+  with pytest.raises(ValueError, match="not key=value"):
+    peers.parse_spec("shampoo+nesterov")
