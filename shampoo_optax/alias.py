@@ -58,6 +58,7 @@ def shampoo(
     start_preconditioning_step: int = 2,
     graft: str = "adam",
     nesterov: bool = False,
+    orthogonalize: bool = False,
     exponent_override: int | None = 2,
     max_merged_dim: int | None = None,
     skip_preconditioning_dim_size_gt: int = 4096,
@@ -113,6 +114,8 @@ def shampoo(
     graft: the diagonal method Shampoo grafts from: ``'adam'``, ``'rmsprop'``,
       ``'rmsprop_normalized'``, ``'adagrad'``, ``'sgd'`` or ``'none'``.
     nesterov: Nesterov momentum, as ``optax.adam(nesterov=True)``.
+    orthogonalize: orthogonalize each preconditioned matrix block (Muon's
+      Newton-Schulz iteration) before grafting; see :func:`scale_by_shampoo`.
     exponent_override: every root is ``-1/exponent_override``; the default 2
       gives ``L^(-1/2) G R^(-1/2)``. ``None`` or ``0`` (the spelling of Google's
       ``distributed_shampoo``, whose default it is): the paper's ``-1/(2k)``
@@ -173,6 +176,7 @@ def shampoo(
       block_size=block_size, b1=b1, b2=b2, eps=eps, matrix_eps=matrix_eps,
       precondition_every=precondition_every,
       start_preconditioning_step=start_preconditioning_step, graft=graft, nesterov=nesterov,
+      orthogonalize=orthogonalize,
       exponent_override=validation.canonical_exponent_override(exponent_override),
       max_merged_dim=max_merged_dim,
       skip_preconditioning_dim_size_gt=skip_preconditioning_dim_size_gt,
@@ -205,6 +209,7 @@ def soap(
     basis_method: str = "auto",
     stagger_basis_refresh: bool = True,
     statistics_dtype: Any = "float32",
+    orthogonalize: bool = False,
     mesh: jax.sharding.Mesh | None = None,
     block_axis: str | tuple[str, ...] | None = None,
     param_specs: Any = None,
@@ -253,6 +258,8 @@ def soap(
       every step instead of all of them together.
     statistics_dtype: storage of the bases (``'float32'``, ``'bfloat16'``,
       ``'int8'``); the compact choices store the statistics in 16 bits.
+    orthogonalize: orthogonalize each rotated matrix block's step (Muon's
+      Newton-Schulz iteration) at its own norm; see :func:`scale_by_soap`.
     mesh: a ``jax.sharding.Mesh`` to spread the statistics and bases over.
     block_axis: the mesh axis (or axes) to split them over.
     param_specs: FSDP: the parameters' ``PartitionSpec``\ s; each device
@@ -298,8 +305,8 @@ def soap(
       start_preconditioning_step=start_preconditioning_step, max_merged_dim=max_merged_dim,
       skip_preconditioning_dim_size_gt=skip_preconditioning_dim_size_gt,
       basis_method=basis_method, stagger_basis_refresh=stagger_basis_refresh,
-      mu_dtype=mu_dtype, statistics_dtype=statistics_dtype, mesh=mesh, block_axis=block_axis,
-      param_specs=param_specs)
+      mu_dtype=mu_dtype, statistics_dtype=statistics_dtype, orthogonalize=orthogonalize,
+      mesh=mesh, block_axis=block_axis, param_specs=param_specs)
   validation.check_static_args(kwargs, soap_lib.STATIC_ARGS, "SOAP_STATIC_ARGS")
   return optax.chain(
       soap_lib.scale_by_soap(**kwargs),

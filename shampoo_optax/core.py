@@ -32,7 +32,14 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import PartitionSpec
 
-from shampoo_optax import blocking, factor_matrices, moments, quantization, validation
+from shampoo_optax import (
+  blocking,
+  factor_matrices,
+  matrix_functions,
+  moments,
+  quantization,
+  validation,
+)
 from shampoo_optax import sharding as sharding_lib
 
 # apply(plan, blocks {name: [stack]}, preconditioners [per factor, [size, d, d]],
@@ -213,6 +220,18 @@ def along_axis(blocks: jax.Array, mats: jax.Array, axis: int, transpose: bool) -
   result = lower[:axis] + upper[axis] + lower[axis + 1:]
   return jnp.einsum(f"z{lower},z{pair}->z{result}", blocks, mats,
                     precision=jax.lax.Precision.HIGHEST)
+
+
+def orthogonalize_blocks(blocks: jax.Array) -> jax.Array:
+  """Each matrix block of ``[z, m, n]`` replaced by its approximate polar factor
+  (``matrix_functions.orthogonalize``), rescaled to the block's own Frobenius
+  norm; blocks of any other rank are returned as they are."""
+  if blocks.ndim != 3:
+    return blocks
+  polar = matrix_functions.orthogonalize(blocks)
+  norm = lambda x: jnp.sqrt(jnp.sum(jnp.square(x), axis=(1, 2), keepdims=True))  # noqa: E731
+  polar_norm = norm(polar)
+  return polar * (norm(blocks) / jnp.where(polar_norm > 0, polar_norm, 1))
 
 
 def on_tpu_else(tpu: Callable, other: Callable):

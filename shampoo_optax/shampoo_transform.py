@@ -60,6 +60,7 @@ STATIC_ARGS = (
     "start_preconditioning_step",
     "graft",
     "nesterov",
+    "orthogonalize",
     "exponent_override",
     "max_merged_dim",
     "skip_preconditioning_dim_size_gt",
@@ -123,6 +124,7 @@ def scale_by_shampoo(
     start_preconditioning_step: int = 2,
     graft: str = "adam",
     nesterov: bool = False,
+    orthogonalize: bool = False,
     exponent_override: int | None = 2,
     max_merged_dim: int | None = None,
     skip_preconditioning_dim_size_gt: int = 4096,
@@ -179,6 +181,11 @@ def scale_by_shampoo(
     graft: ``'adam'``, ``'rmsprop'``, ``'rmsprop_normalized'``, ``'adagrad'``,
       ``'sgd'`` or ``'none'`` (see ``shampoo_optax.grafting``).
     nesterov: Nesterov momentum, as ``optax.adam(nesterov=True)``.
+    orthogonalize: replace each preconditioned matrix block by its approximate
+      polar factor (Muon's Newton-Schulz iteration,
+      :func:`shampoo_optax.matrix_functions.orthogonalize`) before grafting:
+      Shampoo's whitened direction, orthogonalized, at the graft's norm. Blocks
+      of other ranks are unchanged. See ``benchmarks/README.md`` (issue 13).
     exponent_override: every root is ``-1/exponent_override``. The default 2
       preconditions a matrix with ``L^(-1/2) G R^(-1/2)``, the square of the
       paper's preconditioner (Morwani et al., 2024, "A New Perspective on
@@ -272,6 +279,8 @@ def scale_by_shampoo(
       exponent_override=exponent_override,
   )
   validation.validate_choice("graft", graft, grafting.GRAFTS)
+  validation.validate_bool("nesterov", nesterov)
+  validation.validate_bool("orthogonalize", orthogonalize)
   validation.validate_choice("root_method", root_method, ROOT_METHODS)
   validation.validate_number("b1", b1, 0.0, 1.0, upper_open=True)
   validation.validate_number("b2", b2, 0.0, 1.0)
@@ -299,7 +308,7 @@ def scale_by_shampoo(
       compute=functools.partial(
           _inverse_roots, method=root_method, matrix_eps=matrix_eps,
           max_root_error=max_root_error, pseudo_inverse_rtol=pseudo_inverse_rtol),
-      apply=functools.partial(_precondition_and_graft, graft=graft),
+      apply=functools.partial(_precondition_and_graft, graft=graft, orthogonalize=orthogonalize),
       outputs=("step",), refresh_first=True)
 
   def step_fn(grads, mu, nu, groups, count):
@@ -336,7 +345,7 @@ def _debiased_first_moment(mu, grads, b1, count, nesterov):
   return moments.bias_correction(mu, b1, count)
 
 
-def _precondition_and_graft(plan, blocks, roots, scalars, *, graft):
+def _precondition_and_graft(plan, blocks, roots, scalars, *, graft, orthogonalize=False):
   """L^(-1/p) mu_hat R^(-1/p) per block, grafted to the diagonal step's norm.
 
   The graft's per-block scale is returned beside the stacks and applied to
@@ -346,7 +355,7 @@ def _precondition_and_graft(plan, blocks, roots, scalars, *, graft):
   for stack, x in zip(plan.stacks, blocks["mu_hat"]):
     for axis, factor in stack.factors:
       x = core.along_axis(x, roots[factor], axis, transpose=True)
-    directions.append(x)
+    directions.append(core.orthogonalize_blocks(x) if orthogonalize else x)
   if graft == "none":
     return {"step": directions}
   targets = blocking.block_norms(plan, scalars["diagonal_step"])

@@ -36,7 +36,7 @@ BASIS_METHODS = ("auto", "eigh", "qr")
 STATIC_ARGS = (
     "block_size", "precondition_every", "start_preconditioning_step", "max_merged_dim",
     "skip_preconditioning_dim_size_gt", "basis_method", "stagger_basis_refresh", "mu_dtype",
-    "statistics_dtype", "mesh", "block_axis", "param_specs",
+    "statistics_dtype", "orthogonalize", "mesh", "block_axis", "param_specs",
 )
 
 
@@ -79,6 +79,7 @@ def scale_by_soap(
     basis_method: str = "auto",
     stagger_basis_refresh: bool = True,
     statistics_dtype: Any = "float32",
+    orthogonalize: bool = False,
     mesh: jax.sharding.Mesh | None = None,
     block_axis: str | tuple[str, ...] | None = None,
     param_specs: Any = None,
@@ -128,6 +129,9 @@ def scale_by_soap(
     statistics_dtype: storage of the bases (``'float32'``, ``'bfloat16'``,
       ``'int8'``); compact choices store the statistics as 16-bit integers
       (see ``shampoo_optax.quantization``).
+    orthogonalize: replace each rotated matrix block's step by its approximate
+      polar factor (Muon's Newton-Schulz iteration) at the step's own norm:
+      SOAP's direction, orthogonalized. Blocks of other ranks are unchanged.
     mesh: a mesh to spread the statistics and bases over.
     block_axis: the mesh axis (or axes) to split them over.
     param_specs: FSDP: the parameters' ``PartitionSpec``\ s; each device
@@ -158,6 +162,7 @@ def scale_by_soap(
       skip_preconditioning_dim_size_gt=skip_preconditioning_dim_size_gt,
       max_merged_dim=max_merged_dim, static_args_name="SOAP_STATIC_ARGS")
   validation.validate_choice("basis_method", basis_method, BASIS_METHODS)
+  validation.validate_bool("orthogonalize", orthogonalize)
   validation.validate_number("b1", b1, 0.0, 1.0, upper_open=True)
   validation.validate_number("b2", b2, 0.0, 1.0, upper_open=True)
   validation.validate_number("eps", eps, 0.0, None)
@@ -182,7 +187,8 @@ def scale_by_soap(
       # refines them after that.
       compute=functools.partial(_eigenbasis, method=basis_method,
                                 qr_from=schedule.first_step() + precondition_every),
-      apply=_adam_in_eigenbasis, outputs=("step", "nu"), refresh_first=False,
+      apply=functools.partial(_adam_in_eigenbasis, orthogonalize=orthogonalize),
+      outputs=("step", "nu"), refresh_first=False,
       after_refresh=functools.partial(_carry_second_moment, schedule=schedule,
                                       basis_codec=basis_codec))
 
@@ -224,7 +230,7 @@ def scale_by_soap(
   return soap_core.transformation(SoapState, step_fn)
 
 
-def _adam_in_eigenbasis(plan, blocks, bases, scalars):
+def _adam_in_eigenbasis(plan, blocks, bases, scalars, *, orthogonalize=False):
   """Per stack: G and m into the eigenbasis, Adam's step there, the step back.
 
   As SOAP does, the bases are the ones computed before this step: a basis is
@@ -244,7 +250,7 @@ def _adam_in_eigenbasis(plan, blocks, bases, scalars):
     step = m_hat / (jnp.sqrt(v_hat) + eps)
     for axis, factor in stack.factors:
       step = core.along_axis(step, bases[factor], axis, transpose=False)
-    steps.append(step)
+    steps.append(core.orthogonalize_blocks(step) if orthogonalize else step)
     nus.append(v)
   return {"step": steps, "nu": nus}
 

@@ -28,6 +28,11 @@ def validate_layout(*, block_size, precondition_every, start_preconditioning_ste
       validate_int(name, value, 1, static_args_name)
 
 
+def validate_bool(name, value):
+  if not isinstance(value, bool):
+    raise ValueError(f"{name} must be True or False, got {value!r}")
+
+
 def validate_choice(name, value, choices):
   if value not in choices:
     raise ValueError(f"{name} must be one of {choices}, got {value!r}")

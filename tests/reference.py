@@ -35,6 +35,28 @@ def _inverse_root(stat, p, matrix_eps, pseudo_inverse_rtol=None):
   return (q * w ** (-1.0 / p)) @ q.T
 
 
+def newton_schulz(x, num_steps=5):
+  """Muon's quintic Newton-Schulz iteration in float64, on the smaller Gram matrix."""
+  a, b, c = 3.4445, -4.7750, 2.0315
+  x = np.asarray(x, np.float64)
+  wide = x.shape[0] <= x.shape[1]
+  y = x if wide else x.T
+  y = y / (np.linalg.norm(y) + 1e-7)
+  for _ in range(num_steps):
+    gram = y @ y.T
+    y = a * y + (b * gram + c * gram @ gram) @ y
+  return y if wide else y.T
+
+
+def orthogonalized(x):
+  """A matrix's Newton-Schulz polar factor at the matrix's own Frobenius norm."""
+  if x.ndim != 2:
+    return x
+  polar = newton_schulz(x)
+  norm = np.linalg.norm(polar)
+  return polar * np.linalg.norm(x) / norm if norm > 0 else polar
+
+
 class _Block:
   """One block of a parameter: its region, and per preconditioned axis its
   statistic, its inverse root (the identity until the first refresh) and its
@@ -62,18 +84,21 @@ class NumpyShampoo:
 
   Dimensions larger than ``skip_preconditioning_dim_size_gt`` are neither
   split into blocks nor given a statistic. ``nesterov`` is ``optax.adam``'s.
+  ``orthogonalize``: a matrix block's preconditioned direction is replaced by
+  its Newton-Schulz polar factor before it is grafted.
   """
 
   def __init__(self, shapes, *, block_size, b1, b2, eps, matrix_eps,
                precondition_every, start_preconditioning_step, learning_rate,
                pseudo_inverse_rtol=None, exponent_override=2, stagger=False, nesterov=False,
-               skip_preconditioning_dim_size_gt=4096):
+               skip_preconditioning_dim_size_gt=4096, orthogonalize=False):
     self.hp = dict(b1=b1, b2=b2, eps=eps, matrix_eps=matrix_eps)
     self.pseudo_inverse_rtol = pseudo_inverse_rtol
     self.k = precondition_every
     self.start = start_preconditioning_step
     self.stagger = stagger
     self.nesterov = nesterov
+    self.orthogonalize = orthogonalize
     self.lr = learning_rate
     self.count = 0
     self.mu = [np.zeros(s) for s in shapes]
@@ -142,11 +167,14 @@ class NumpyShampoo:
     p = m
     for axis, root in block.roots.items():
       p = np.moveaxis(np.tensordot(p, root, (axis, 0)), -1, axis)
+    if self.orthogonalize:
+      p = orthogonalized(p)
     norm = np.linalg.norm(p)
     return p * np.linalg.norm(adam) / norm if norm > 0 else p
 
 
-def numpy_soap(grads_seq, *, b1, b2, eps, learning_rate, basis_method="eigh"):
+def numpy_soap(grads_seq, *, b1, b2, eps, learning_rate, basis_method="eigh",
+               orthogonalize=False):
   """SOAP on one matrix that is one block, every basis refreshed after every step.
 
   After step ``t`` the bases are recomputed from the statistics so far (so a
@@ -155,7 +183,8 @@ def numpy_soap(grads_seq, *, b1, b2, eps, learning_rate, basis_method="eigh"):
   ``basis_method='eigh'``: the eigenvectors. ``'qr'``: after the first refresh
   (eigh), one step of subspace iteration from the previous basis, its columns
   first sorted by their estimated eigenvalues ``diag(Q^T S Q)``, largest first:
-  ``Q_new = qr(S Q_sorted).Q``.
+  ``Q_new = qr(S Q_sorted).Q``. ``orthogonalize``: each step is replaced by its
+  Newton-Schulz polar factor at the step's norm.
   """
   out = []
   g0 = np.asarray(grads_seq[0], np.float64)
@@ -169,7 +198,8 @@ def numpy_soap(grads_seq, *, b1, b2, eps, learning_rate, basis_method="eigh"):
     m = b1 * m + (1 - b1) * g
     v = b2 * v + (1 - b2) * (ql.T @ g @ qr) ** 2
     step = (ql.T @ m @ qr) / (1 - b1**t) / (np.sqrt(v / (1 - b2**t)) + eps)
-    out.append(-learning_rate * ql @ step @ qr.T)
+    step = ql @ step @ qr.T
+    out.append(-learning_rate * (orthogonalized(step) if orthogonalize else step))
     new = []
     for s, q in zip(stats, bases):
       if basis_method == "qr" and t > 1:

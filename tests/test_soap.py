@@ -139,6 +139,8 @@ def test_invalid_arguments():
     shampoo_optax.soap(1e-3, basis_method="svd")
   with pytest.raises(ValueError):
     shampoo_optax.soap(1e-3, b2=1.0)
+  with pytest.raises(ValueError, match="orthogonalize must be True or False"):
+    shampoo_optax.soap(1e-3, orthogonalize="yes")
 
 
 @pytest.mark.parametrize("stagger", [True, False])

@@ -253,7 +253,8 @@ def test_zero_gradients_give_finite_updates():
         dict(b1=-0.1), dict(b1=1.0), dict(b2=1.5), dict(b2=-0.5), dict(eps=-1e-8),
         dict(matrix_eps=-1.0), dict(graft="lion"), dict(root_method="svd"),
         dict(exponent_override=-1), dict(max_root_error=0.0), dict(b1=float("nan")),
-        dict(mu_dtype="int32"), dict(statistics_dtype="float16"),
+        dict(mu_dtype="int32"), dict(statistics_dtype="float16"), dict(orthogonalize=1),
+        dict(nesterov="yes"),
     ],
 )
 def test_invalid_hyperparameters(kwargs):
