@@ -146,6 +146,8 @@ def main(argv=None):
   p.add_argument("--eval-every", type=int, default=10)
   p.add_argument("--tiny", action="store_true", help="seconds-long smoke run")
   p.add_argument("--json", type=pathlib.Path, help="also write the results here")
+  p.add_argument("--sweep-only", action="store_true",
+                 help="ablations: only the first seed's sweeps, no AdamW baseline and no table")
   args = p.parse_args(argv)
   if args.tiny:
     args.steps, args.seeds, args.lrs, args.layers, args.eval_every = 12, "0", "2e-3", 1, 4
@@ -154,7 +156,7 @@ def main(argv=None):
   seeds = [int(s) for s in args.seeds.split(",")]
   lrs = [float(v) for v in args.lrs.split(",")]
   specs = [peers.parse_spec(spec) for spec in args.optimizers.split(",")]
-  if "adamw" not in [name for name, _, _ in specs]:
+  if "adamw" not in [name for name, _, _ in specs] and not args.sweep_only:
     specs = [("adamw", {}, None), *specs]
   print(f"$ python {' '.join(sys.argv)}")
   print(machine())
@@ -183,7 +185,12 @@ def main(argv=None):
     grid_lrs = sorted({c["lr"] for c in grid})
     if len(grid_lrs) > 1 and best.lr in (grid_lrs[0], grid_lrs[-1]):
       edges.append(f"{label}: best lr {best.lr:g} is at the edge of its grid {grid_lrs}")
-    runs[label] = [best] + [run(label, name, best.config, s) for s in seeds[1:]]
+    if not args.sweep_only:
+      runs[label] = [best] + [run(label, name, best.config, s) for s in seeds[1:]]
+  if args.sweep_only:
+    for label, sweep in sweeps.items():
+      print(f"  {label}: " + ", ".join(f"{c['lr']:g}: {v:.4f}" for c, v in sweep))
+    return
   baseline = next(label for label in runs if label.split("+")[0] == "adamw")
   rows = summarize(runs, baseline=baseline)
   print()

@@ -209,6 +209,7 @@ def soap(
     basis_method: str = "auto",
     stagger_basis_refresh: bool = True,
     statistics_dtype: Any = "float32",
+    nesterov: bool = False,
     orthogonalize: bool = False,
     mesh: jax.sharding.Mesh | None = None,
     block_axis: str | tuple[str, ...] | None = None,
@@ -258,6 +259,7 @@ def soap(
       every step instead of all of them together.
     statistics_dtype: storage of the bases (``'float32'``, ``'bfloat16'``,
       ``'int8'``); the compact choices store the statistics in 16 bits.
+    nesterov: Nesterov momentum, as ``optax.adam(nesterov=True)``.
     orthogonalize: orthogonalize each rotated matrix block's step (Muon's
       Newton-Schulz iteration) at its own norm; see :func:`scale_by_soap`.
     mesh: a ``jax.sharding.Mesh`` to spread the statistics and bases over.
@@ -305,8 +307,8 @@ def soap(
       start_preconditioning_step=start_preconditioning_step, max_merged_dim=max_merged_dim,
       skip_preconditioning_dim_size_gt=skip_preconditioning_dim_size_gt,
       basis_method=basis_method, stagger_basis_refresh=stagger_basis_refresh,
-      mu_dtype=mu_dtype, statistics_dtype=statistics_dtype, orthogonalize=orthogonalize,
-      mesh=mesh, block_axis=block_axis, param_specs=param_specs)
+      mu_dtype=mu_dtype, statistics_dtype=statistics_dtype, nesterov=nesterov,
+      orthogonalize=orthogonalize, mesh=mesh, block_axis=block_axis, param_specs=param_specs)
   validation.check_static_args(kwargs, soap_lib.STATIC_ARGS, "SOAP_STATIC_ARGS")
   return optax.chain(
       soap_lib.scale_by_soap(**kwargs),

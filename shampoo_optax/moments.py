@@ -30,6 +30,19 @@ def bias_correction(moment: optax.Updates, decay, count: jax.Array) -> optax.Upd
   return jax.tree.map(lambda t: t / correction.astype(t.dtype), moment)
 
 
+def debiased_first_moment(mu: optax.Updates, grads: optax.Updates, b1, count: jax.Array,
+                          nesterov: bool) -> optax.Updates:
+  """Adam's ``mu_hat`` (``mu`` already updated with ``grads``), or optax.adam's
+  Nesterov variant ``b1 mu / (1 - b1^(t+1)) + (1 - b1) g / (1 - b1^t)``."""
+  if nesterov:
+    return jax.tree.map(
+        lambda m, g: b1 * m + (1 - b1) * g,
+        bias_correction(mu, b1, optax.safe_increment(count)),
+        bias_correction(grads, b1, count),
+    )
+  return bias_correction(mu, b1, count)
+
+
 @dataclasses.dataclass(frozen=True)
 class MomentDtypes:
   """Storage dtypes of the first moment and the grafting second moment.

@@ -314,7 +314,7 @@ def scale_by_shampoo(
   def step_fn(grads, mu, nu, groups, count):
     mu = optax.tree.update_moment(grads, mu, b1, 1)
     nu = grafting.update_second_moment(graft, grads, nu, b2)
-    mu_hat = _debiased_first_moment(mu, grads, b1, count, nesterov)
+    mu_hat = moments.debiased_first_moment(mu, grads, b1, count, nesterov)
     diagonal_step = grafting.direction(graft, mu_hat, nu, count, b2, eps)
     plan = shampoo_core.plan(grads)
     if not plan.stacks:
@@ -332,17 +332,6 @@ def scale_by_shampoo(
     return step, mu, nu, groups
 
   return shampoo_core.transformation(ShampooState, step_fn)
-
-
-def _debiased_first_moment(mu, grads, b1, count, nesterov):
-  """Adam's mu_hat, with optax.adam's Nesterov variant."""
-  if nesterov:
-    return jax.tree.map(
-        lambda m, g: b1 * m + (1 - b1) * g,
-        moments.bias_correction(mu, b1, optax.safe_increment(count)),
-        moments.bias_correction(grads, b1, count),
-    )
-  return moments.bias_correction(mu, b1, count)
 
 
 def _precondition_and_graft(plan, blocks, roots, scalars, *, graft, orthogonalize=False):

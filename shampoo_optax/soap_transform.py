@@ -36,7 +36,7 @@ BASIS_METHODS = ("auto", "eigh", "qr")
 STATIC_ARGS = (
     "block_size", "precondition_every", "start_preconditioning_step", "max_merged_dim",
     "skip_preconditioning_dim_size_gt", "basis_method", "stagger_basis_refresh", "mu_dtype",
-    "statistics_dtype", "orthogonalize", "mesh", "block_axis", "param_specs",
+    "statistics_dtype", "nesterov", "orthogonalize", "mesh", "block_axis", "param_specs",
 )
 
 
@@ -79,6 +79,7 @@ def scale_by_soap(
     basis_method: str = "auto",
     stagger_basis_refresh: bool = True,
     statistics_dtype: Any = "float32",
+    nesterov: bool = False,
     orthogonalize: bool = False,
     mesh: jax.sharding.Mesh | None = None,
     block_axis: str | tuple[str, ...] | None = None,
@@ -129,6 +130,8 @@ def scale_by_soap(
     statistics_dtype: storage of the bases (``'float32'``, ``'bfloat16'``,
       ``'int8'``); compact choices store the statistics as 16-bit integers
       (see ``shampoo_optax.quantization``).
+    nesterov: Nesterov momentum, as ``optax.adam(nesterov=True)``, in the
+      eigenbasis and for the leaves SOAP does not rotate alike.
     orthogonalize: replace each rotated matrix block's step by its approximate
       polar factor (Muon's Newton-Schulz iteration) at the step's own norm:
       SOAP's direction, orthogonalized. Blocks of other ranks are unchanged.
@@ -162,6 +165,7 @@ def scale_by_soap(
       skip_preconditioning_dim_size_gt=skip_preconditioning_dim_size_gt,
       max_merged_dim=max_merged_dim, static_args_name="SOAP_STATIC_ARGS")
   validation.validate_choice("basis_method", basis_method, BASIS_METHODS)
+  validation.validate_bool("nesterov", nesterov)
   validation.validate_bool("orthogonalize", orthogonalize)
   validation.validate_number("b1", b1, 0.0, 1.0, upper_open=True)
   validation.validate_number("b2", b2, 0.0, 1.0, upper_open=True)
@@ -187,7 +191,8 @@ def scale_by_soap(
       # refines them after that.
       compute=functools.partial(_eigenbasis, method=basis_method,
                                 qr_from=schedule.first_step() + precondition_every),
-      apply=functools.partial(_adam_in_eigenbasis, orthogonalize=orthogonalize),
+      apply=functools.partial(_adam_in_eigenbasis, nesterov=nesterov,
+                              orthogonalize=orthogonalize),
       outputs=("step", "nu"), refresh_first=False,
       after_refresh=functools.partial(_carry_second_moment, schedule=schedule,
                                       basis_codec=basis_codec))
@@ -195,7 +200,7 @@ def scale_by_soap(
   def adam(grads, mu, nu, count):
     """Adam's step (mu already updated), for the leaves SOAP does not rotate."""
     nu = optax.tree.update_moment_per_elem_norm(grads, nu, b2, 2)
-    mu_hat = moments.bias_correction(mu, b1, count)
+    mu_hat = moments.debiased_first_moment(mu, grads, b1, count, nesterov)
     nu_hat = moments.bias_correction(nu, b2, count)
     return jax.tree.map(lambda m, v: m / (jnp.sqrt(v) + eps), mu_hat, nu_hat), nu
 
@@ -230,7 +235,7 @@ def scale_by_soap(
   return soap_core.transformation(SoapState, step_fn)
 
 
-def _adam_in_eigenbasis(plan, blocks, bases, scalars, *, orthogonalize=False):
+def _adam_in_eigenbasis(plan, blocks, bases, scalars, *, nesterov=False, orthogonalize=False):
   """Per stack: G and m into the eigenbasis, Adam's step there, the step back.
 
   As SOAP does, the bases are the ones computed before this step: a basis is
@@ -245,7 +250,7 @@ def _adam_in_eigenbasis(plan, blocks, bases, scalars, *, orthogonalize=False):
       g = core.along_axis(g, bases[factor], axis, transpose=True)
       m = core.along_axis(m, bases[factor], axis, transpose=True)
     v = b2 * v + (1 - b2) * jnp.square(g)
-    m_hat = m / (1 - jnp.power(b1, count.astype(jnp.float32)))
+    m_hat = moments.debiased_first_moment(m, g, b1, count, nesterov)
     v_hat = v / (1 - jnp.power(b2, count.astype(jnp.float32)))
     step = m_hat / (jnp.sqrt(v_hat) + eps)
     for axis, factor in stack.factors:

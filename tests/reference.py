@@ -174,7 +174,7 @@ class NumpyShampoo:
 
 
 def numpy_soap(grads_seq, *, b1, b2, eps, learning_rate, basis_method="eigh",
-               orthogonalize=False):
+               orthogonalize=False, nesterov=False):
   """SOAP on one matrix that is one block, every basis refreshed after every step.
 
   After step ``t`` the bases are recomputed from the statistics so far (so a
@@ -184,7 +184,8 @@ def numpy_soap(grads_seq, *, b1, b2, eps, learning_rate, basis_method="eigh",
   (eigh), one step of subspace iteration from the previous basis, its columns
   first sorted by their estimated eigenvalues ``diag(Q^T S Q)``, largest first:
   ``Q_new = qr(S Q_sorted).Q``. ``orthogonalize``: each step is replaced by its
-  Newton-Schulz polar factor at the step's norm.
+  Newton-Schulz polar factor at the step's norm. ``nesterov``: optax.adam's
+  Nesterov first moment, in the eigenbasis.
   """
   out = []
   g0 = np.asarray(grads_seq[0], np.float64)
@@ -197,7 +198,10 @@ def numpy_soap(grads_seq, *, b1, b2, eps, learning_rate, basis_method="eigh",
     ql, qr = bases
     m = b1 * m + (1 - b1) * g
     v = b2 * v + (1 - b2) * (ql.T @ g @ qr) ** 2
-    step = (ql.T @ m @ qr) / (1 - b1**t) / (np.sqrt(v / (1 - b2**t)) + eps)
+    m_hat = m / (1 - b1**t)
+    if nesterov:
+      m_hat = b1 * m / (1 - b1 ** (t + 1)) + (1 - b1) * g / (1 - b1**t)
+    step = (ql.T @ m_hat @ qr) / (np.sqrt(v / (1 - b2**t)) + eps)
     step = ql @ step @ qr.T
     out.append(-learning_rate * (orthogonalized(step) if orthogonalize else step))
     new = []

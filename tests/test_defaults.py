@@ -160,3 +160,26 @@ def test_orthogonalized_soap_matches_reference(rng, shape):
   plain = reference.numpy_soap([g["w"] for g in grads_seq], b1=0.9, b2=0.95, eps=1e-8,
                                learning_rate=0.01)
   assert max(np.abs(a - b).max() for a, b in zip(want[1:], plain[1:])) > 1e-3
+
+
+def test_nesterov_soap_matches_reference(rng):
+  """soap(nesterov=True): optax.adam's Nesterov first moment in the eigenbasis;
+  a leaf SOAP does not rotate gets optax.adam(nesterov=True)'s step."""
+  params = {"b": jnp.zeros(5), "w": jnp.zeros((6, 5))}
+  grads_seq = [_tree(rng, {"b": (5,), "w": (6, 5)}) for _ in range(6)]
+  tx = shampoo_optax.soap(0.01, b2=0.95, block_size=16, precondition_every=1,
+                          basis_method="eigh", nesterov=True)
+  want = reference.numpy_soap([g["w"] for g in grads_seq], b1=0.9, b2=0.95, eps=1e-8,
+                              learning_rate=0.01, nesterov=True)
+  mu = nu = np.zeros(5)
+  for t, (got, ref, grads) in enumerate(zip(_updates(tx, params, grads_seq), want, grads_seq),
+                                        start=1):
+    np.testing.assert_allclose(got["w"], ref, rtol=2e-3, atol=2e-6, err_msg=f"step {t}")
+    g = np.asarray(grads["b"], np.float64)
+    mu, nu = 0.9 * mu + 0.1 * g, 0.95 * nu + 0.05 * g * g
+    mu_hat = 0.9 * mu / (1 - 0.9 ** (t + 1)) + 0.1 * g / (1 - 0.9**t)
+    adam = -0.01 * mu_hat / (np.sqrt(nu / (1 - 0.95**t)) + 1e-8)
+    np.testing.assert_allclose(got["b"], adam, rtol=1e-4, atol=1e-7, err_msg=f"step {t}")
+  plain = reference.numpy_soap([g["w"] for g in grads_seq], b1=0.9, b2=0.95, eps=1e-8,
+                               learning_rate=0.01)
+  assert max(np.abs(a - b).max() for a, b in zip(want, plain)) > 1e-3
