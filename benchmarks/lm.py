@@ -11,7 +11,7 @@ to AdamW measured in the same run: validation loss at the budget, steps and
 training seconds to reach AdamW's final validation loss, median step time,
 worst step / median step, compile time and optimizer-state bytes.
 
-    python benchmarks/lm.py                       # the recorded figures (~50 min, 2 CPUs)
+    python benchmarks/lm.py                       # every optimizer, full grid, 3 seeds (hours)
     python benchmarks/lm.py --tiny                # a smoke run (CI)
     python benchmarks/lm.py --optimizers adamw,shampoo --seeds 0
     python benchmarks/lm.py --optimizers adamw,shampoo_bf16,shampoo_int8 \
@@ -132,7 +132,7 @@ def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   p.add_argument("--steps", type=int, default=300)
   p.add_argument("--seeds", default="0,1,2")
-  p.add_argument("--lrs", default="1e-3,2e-3,3e-3,4e-3,5e-3",
+  p.add_argument("--lrs", default="1e-3,2e-3,3e-3,4e-3,5e-3,7e-3,1e-2",
                  help="learning rates swept on the 1st seed")
   p.add_argument("--adamw-b2s", default="0.95,0.999",
                  help="AdamW's b2 values, swept with the learning rates (tuned AdamW)")
@@ -195,8 +195,8 @@ def main(argv=None):
   rows = summarize(runs, baseline=baseline)
   print()
   print(f"{args.layers}-layer char Transformer, batch {args.batch_size}x{args.seq_len}, "
-        f"{args.steps} steps, seeds {seeds}; lr swept over {lrs} on seed {seeds[0]} "
-        f"(AdamW also over b2 in {args.adamw_b2s}; best: {runs[baseline][0].config})")
+        f"{args.steps} steps, seeds {seeds}; lrs swept on seed {seeds[0]} (below; default grid "
+        f"{lrs}; AdamW also over b2 in {args.adamw_b2s}; best: {runs[baseline][0].config})")
   print(table(rows))
   for edge in edges:
     print(f"NOTE {edge}: widen the grid before quoting this row")
