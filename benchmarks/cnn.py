@@ -15,6 +15,7 @@ median step time, compile time (first step), optimizer-state bytes.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import pathlib
@@ -94,19 +95,20 @@ def main(argv=None, *, doc=__doc__, title="CNN on digits", make_model=nnx_digits
       "google_shampoo": lambda lr, **kw: peers.google_shampoo(lr, weight_decay=wd, **kw),
       "shampoo": lambda lr, **kw: shampoo_optax.shampoo(lr, **{"weight_decay": wd, **kw}),
       "soap": lambda lr, **kw: shampoo_optax.soap(lr, **{"weight_decay": wd, **kw}),
-      # Earlier defaults, for comparison (see benchmarks/README.md).
-      "shampoo_b2_0.99": lambda lr: shampoo_optax.shampoo(lr, b2=0.99, weight_decay=wd),
-      "shampoo_start_10": lambda lr: shampoo_optax.shampoo(
-          lr, start_preconditioning_step=10, weight_decay=wd),
-      "soap_b2_0.95": lambda lr: shampoo_optax.soap(lr, b2=0.95, weight_decay=wd),
   }
+  # Earlier defaults, by the names benchmarks/README.md's commands use
+  # (the same as shampoo+b2=0.99 and so on).
+  for label, base, fixed in (("shampoo_b2_0.99", "shampoo", dict(b2=0.99)),
+                             ("shampoo_start_10", "shampoo", dict(start_preconditioning_step=10)),
+                             ("soap_b2_0.95", "soap", dict(b2=0.95))):
+    makers[label] = functools.partial(makers[base], **fixed)
   specs = [peers.parse_spec(spec) for spec in args.optimizers.split(",")]
   print(f"$ python {' '.join(sys.argv)}")
   print(lm.machine())
   results, failed, edges = {}, {}, []
   train = dict(epochs=args.epochs, batch_size=args.batch_size, make_model=make_model)
   for name, kwargs, own_lrs in specs:
-    label = "+".join([name, *(f"{k}={v}" for k, v in kwargs.items())])
+    label = peers.spec_label(name, kwargs)
     sweep = {}
     for lr in own_lrs or lrs:
       data = nnx_digits.load_digits(seeds[0])
@@ -121,8 +123,7 @@ def main(argv=None, *, doc=__doc__, title="CNN on digits", make_model=nnx_digits
     if label in failed:
       continue
     best = min(sweep, key=lambda lr: sweep[lr]["evals"][-1][2])
-    if len(sweep) > 1 and best in (min(sweep), max(sweep)):
-      edges.append(f"{label}: best lr {best:g} is at the edge of its grid {sorted(sweep)}")
+    edges.append(peers.edge_note(label, sweep, best))
     results[label] = (best, [sweep[best]] + [
         run(makers[name](best, **kwargs), nnx_digits.load_digits(s), seed=s, **train)
         for s in seeds[1:]])
@@ -164,7 +165,7 @@ def main(argv=None, *, doc=__doc__, title="CNN on digits", make_model=nnx_digits
           f"{row['worst']:9.2f} {row['compile_x']:9.2f} {row['state_x']:7.2f}")
   for name, reason in failed.items():
     print(f"{name:>15s} failed: {reason}")
-  for edge in edges:
+  for edge in filter(None, edges):
     print(f"NOTE {edge}: widen the grid before quoting this row")
   print("\nsweeps on the first seed (lr: final test loss):")
   for name, (_, rs) in results.items():

@@ -175,16 +175,14 @@ def main(argv=None):
 
   runs, sweeps, edges = {}, {}, []
   for name, kwargs, own_lrs in specs:
-    label = "+".join([name, *(f"{k}={v}" for k, v in kwargs.items())])
+    label = peers.spec_label(name, kwargs)
     grid = [dict(lr=lr, **kwargs) for lr in own_lrs or lrs]
     if name == "adamw":
       grid = [dict(c, b2=float(b2)) for b2 in args.adamw_b2s.split(",") for c in grid]
     sweep = [run(label, name, config, seeds[0]) for config in grid]
     best = min(sweep, key=lambda h: h.final_valid)
     sweeps[label] = [(h.config, h.final_valid) for h in sweep]
-    grid_lrs = sorted({c["lr"] for c in grid})
-    if len(grid_lrs) > 1 and best.lr in (grid_lrs[0], grid_lrs[-1]):
-      edges.append(f"{label}: best lr {best.lr:g} is at the edge of its grid {grid_lrs}")
+    edges.append(peers.edge_note(label, [c["lr"] for c in grid], best.lr))
     if not args.sweep_only:
       runs[label] = [best] + [run(label, name, best.config, s) for s in seeds[1:]]
   if args.sweep_only:
@@ -198,7 +196,7 @@ def main(argv=None):
         f"{args.steps} steps, seeds {seeds}; lrs swept on seed {seeds[0]} (below; default grid "
         f"{lrs}; AdamW also over b2 in {args.adamw_b2s}; best: {runs[baseline][0].config})")
   print(table(rows))
-  for edge in edges:
+  for edge in filter(None, edges):
     print(f"NOTE {edge}: widen the grid before quoting this row")
   print("\nsweeps on the first seed (config: final valid loss):")
   for name, sweep in sweeps.items():

@@ -321,6 +321,19 @@ def parse_spec(spec: str) -> tuple[str, dict[str, Any], list[float] | None]:
   return name, kwargs, [float(v) for v in lrs.split("/")] if lrs else None
 
 
+def spec_label(name: str, kwargs: dict[str, Any]) -> str:
+  """How a parsed spec is named in a benchmark's output (its lrs left out)."""
+  return "+".join([name, *(f"{k}={v}" for k, v in kwargs.items())])
+
+
+def edge_note(label: str, lrs, best: float) -> str | None:
+  """A warning when the best learning rate sits at the edge of a grid of several."""
+  lrs = sorted(set(lrs))
+  if len(lrs) > 1 and best in (lrs[0], lrs[-1]):
+    return f"{label}: best lr {best:g} is at the edge of its grid {lrs}"
+  return None
+
+
 def _smoke_check(num_steps: int = 20, learning_rate: float = 3e-3) -> None:
   """Trains each peer for num_steps on the example Transformer; the loss must go down."""
   import pathlib

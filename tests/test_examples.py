@@ -61,3 +61,7 @@ def test_optimizer_spec_parsing():
       "shampoo", {"exponent_override": 3, "nesterov": True, "graft": "sgd"}, [3e-3, 1e-2])
   with pytest.raises(ValueError, match="not key=value"):
     peers.parse_spec("shampoo+nesterov")
+  assert peers.spec_label("shampoo", {"nesterov": True}) == "shampoo+nesterov=True"
+  assert peers.edge_note("muon", [5e-3, 1e-2, 7e-3], 1e-2).startswith("muon: best lr 0.01")
+  assert peers.edge_note("muon", [5e-3, 1e-2, 7e-3], 7e-3) is None
+  assert peers.edge_note("muon", [7e-3], 7e-3) is None
