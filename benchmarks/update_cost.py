@@ -88,9 +88,11 @@ _FREE_OPS = frozenset(("parameter", "constant", "tuple", "get-tuple-element", "b
 
 
 def make_optimizer(name: str, args: argparse.Namespace) -> optax.GradientTransformation:
+  """``name`` may add options as lm.py's specs do: ``soap+orthogonalize=True``."""
   lr, wd = 1e-3, 1e-4
+  name, kwargs, _ = peers.parse_spec(name)
   blocks = dict(block_size=args.block_size, precondition_every=args.precondition_every,
-                weight_decay=wd)
+                weight_decay=wd, **kwargs)
   builders: dict[str, Callable[[], optax.GradientTransformation]] = {
       "adamw": lambda: peers.adamw(lr, weight_decay=wd),
       "muon": lambda: peers.muon(lr, weight_decay=wd),
