@@ -107,16 +107,40 @@ def accumulate(plan: blocking.Plan, stats: tuple, grad_stacks: list[jax.Array],
   weight = moments.moment_weight(b2)
   out = []
   for index, (group, old, new) in enumerate(zip(plan.groups, stats, parts)):
-    new = jnp.concatenate(new, axis=0) if len(new) > 1 else new[0]
     # The state may carry more padding than the plan asks for (a state saved
     # on a larger mesh and restored on a smaller one): pad to what it has.
     rows = codec.num_matrices(old)
-    new = jnp.pad(new, ((0, rows - new.shape[0]), (0, 0), (0, 0)))
+    if codec.paired:
+      new = _split_pairs(new, rows)
+    else:
+      new = jnp.concatenate(new, axis=0) if len(new) > 1 else new[0]
+      new = jnp.pad(new, ((0, rows - new.shape[0]), (0, 0), (0, 0)))
     key = None
     if codec.dtype != "float32":
       key = jax.random.fold_in(jax.random.fold_in(jax.random.key(0), count), index)
     out.append(codec.accumulate(old, new, b2, weight, group.dim, key))
   return tuple(out)
+
+
+def _split_pairs(parts: list[jax.Array], rows: int) -> quantization.SymmetricPairs:
+  """``concatenate(parts)``, zero-padded to ``rows`` matrices, in paired form
+  (``quantization.SymmetricPairs``), combining row ``2j`` with row ``2j + 1``
+  elementwise: even and odd rows are taken from each part by strided slices
+  (and the odd ones' diagonals from each part), so the ``[rows, d, d]``
+  concatenation is never assembled and every input is read once."""
+  even, odd, odd_diagonal, offset = [], [], [], 0
+  for part in parts:
+    first = offset % 2  # the part's first even row (0) or odd row (1)
+    even.append(part[first::2])
+    odd.append(part[1 - first::2])
+    odd_diagonal.append(quantization.diagonal(odd[-1]))
+    offset += part.shape[0]
+
+  def join(xs):
+    x = jnp.concatenate([x for x in xs if x.shape[0]] or xs[:1], axis=0)
+    return jnp.pad(x, ((0, rows // 2 - x.shape[0]),) + ((0, 0),) * (x.ndim - 1))
+
+  return quantization.pair_encode_split(join(even), join(odd), join(odd_diagonal))
 
 
 def decode_factors(plan: blocking.Plan, stored: tuple, codec: quantization.Codec) -> list:

@@ -141,12 +141,24 @@ def _masks(d: int):
 
 def _pair_encode(full: jax.Array) -> SymmetricPairs:
   """``[2h, d, d]`` symmetric -> :class:`SymmetricPairs` (elementwise selects)."""
-  n, d = full.shape[0], full.shape[-1]
-  pairs = full.reshape(n // 2, 2, d, d)
-  upper, _, eye = _masks(d)
-  second = pairs[:, 1]
-  return SymmetricPairs(jnp.where(upper, pairs[:, 0], second),
-                        jnp.sum(jnp.where(eye, second, 0.0), axis=-1))
+  return pair_encode_split(full[0::2], full[1::2])
+
+
+def pair_encode_split(first: jax.Array, second: jax.Array,
+                      second_diagonal: jax.Array | None = None) -> SymmetricPairs:
+  """:class:`SymmetricPairs` of matrices ``2j`` (``first[j]``) and ``2j + 1``
+  (``second[j]``), each ``[h, d, d]`` symmetric; ``second_diagonal``, if
+  given, is ``diagonal(second)`` (read where it is cheapest)."""
+  upper = _masks(first.shape[-1])[0]
+  if second_diagonal is None:
+    second_diagonal = diagonal(second)
+  return SymmetricPairs(jnp.where(upper, first, second), second_diagonal)
+
+
+def diagonal(x: jax.Array) -> jax.Array:
+  """``[..., d]``: the diagonals of ``[..., d, d]``, as a strided slice (no gather)."""
+  d = x.shape[-1]
+  return x.reshape(*x.shape[:-2], d * d)[..., ::d + 1]
 
 
 def _pair_decode(stored: SymmetricPairs) -> jax.Array:
@@ -225,14 +237,18 @@ class Codec:
     values = jnp.where(jnp.asarray(on_diagonal)[None], 0, values).astype(int_dtype)
     return ScaledIntMatrices(values, scales, diagonal)
 
-  def accumulate(self, stored, new: jax.Array, decay, weight, d: int, key=None):
-    """``decay * stored + weight * new`` in stored form (``new``: ``[n, d, d]``).
+  def accumulate(self, stored, new, decay, weight, d: int, key=None):
+    """``decay * stored + weight * new`` in stored form.
 
-    The paired layout is linear in the matrices, so this is one elementwise
-    pass over it; the other forms decode, add and encode.
+    ``new``: ``[n, d, d]``, or for paired storage also already paired
+    (:class:`SymmetricPairs`, e.g. by :func:`pair_encode_split`, so that no
+    ``[n, d, d]`` array need be assembled). The paired layout is linear in the
+    matrices, so this is one elementwise pass over it; the other forms decode,
+    add and encode.
     """
     if self.paired:
-      return jax.tree.map(lambda s, n: decay * s + weight * n, stored, _pair_encode(new))
+      pairs = new if isinstance(new, SymmetricPairs) else _pair_encode(new)
+      return jax.tree.map(lambda s, n: decay * s + weight * n, stored, pairs)
     return self.encode(decay * self.decode(stored, d) + weight * new, key)
 
   def decode_range(self, stored, start: int, size: int, d: int, slot: int) -> jax.Array:
