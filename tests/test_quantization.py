@@ -240,3 +240,24 @@ def test_int8_first_moment_keeps_small_entries():
   assert abs(np.mean(means) - 1e-3) < 1e-4, np.mean(means)
   assert np.all(np.asarray(quantization.dequantize_rows(nearest))[:, 1:] == 0)
   assert np.allclose(m[:, 0], 1.0, rtol=1e-2)
+
+
+def test_statistics_paired_from_parts_of_any_parity(rng):
+  """The accumulation pairs row 2j with 2j + 1 from strided slices of each
+  stack's contribution (no concatenation): parts of odd sizes start at odd
+  rows, and the rows past the last part are zeros."""
+  codec = quantization.Codec("float32")
+  d = 6
+  for sizes, rows in (((3, 1, 2, 5), 12), ((1,), 2), ((2, 3), 8), ((5, 1, 1), 8)):
+    parts = []
+    for n in sizes:
+      x = rng.standard_normal((n, d, d)).astype(np.float32)
+      parts.append(jnp.asarray(x + np.swapaxes(x, -1, -2)))
+    paired = factor_matrices._split_pairs(parts, rows)
+    expected = np.concatenate([np.asarray(p) for p in parts])
+    expected = np.concatenate([expected, np.zeros((rows - len(expected), d, d), np.float32)])
+    np.testing.assert_array_equal(np.asarray(codec.decode(paired, d)), expected)
+    old = codec.encode(jnp.asarray(expected[::-1].copy()))
+    np.testing.assert_allclose(
+        np.asarray(codec.decode(codec.accumulate(old, paired, 0.9, 0.1, d), d)),
+        0.9 * expected[::-1] + 0.1 * expected, rtol=1e-6, atol=1e-6)
