@@ -45,8 +45,8 @@ from shampoo_optax import sharding as sharding_lib
 # apply(plan, blocks {name: [stack]}, preconditioners [per factor, [size, d, d]],
 #       scalars) -> {output name: [stack] or ([stack], [per-block scale])}
 Apply = Callable[[blocking.Plan, dict, list, dict], dict]
-# after_refresh(plan, outputs, old preconditioners, new ones, count) -> outputs
-AfterRefresh = Callable[[blocking.Plan, dict, tuple, tuple, jax.Array], dict]
+# after_refresh(plan, outputs, per group factor_matrices.Changes, count) -> outputs
+AfterRefresh = Callable[[blocking.Plan, dict, tuple, jax.Array], dict]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +57,9 @@ class Variant:
   apply: Apply
   outputs: tuple[str, ...]  # names of apply's outputs
   refresh_first: bool  # refresh before apply (Shampoo) or after it (SOAP)
+  # SOAP: what each refreshed row's change is (computed in the refresh), and
+  # what is done with it after the refresh.
+  change: factor_matrices.Change | None = None
   after_refresh: AfterRefresh | None = None
 
 
@@ -177,9 +180,9 @@ class Core:
     preconditioners = factor_matrices.decode_factors(plan, precond, self.precond_codec)
     outputs = variant.apply(plan, blocks, preconditioners, scalars)
     if not variant.refresh_first:
-      new, errors, failures = refresh(precond, errors, failures)
-      outputs = variant.after_refresh(plan, outputs, precond, new, count)
-      precond = new
+      precond, errors, failures, changes = refresh(precond, errors, failures,
+                                                   change=variant.change)
+      outputs = variant.after_refresh(plan, outputs, changes, count)
     leaves = {name: preconditioned_only(plan, _from_stacks(plan, outputs[name]))
               for name in variant.outputs}
     return leaves, (stats, precond, errors, failures)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -35,6 +36,23 @@ from shampoo_optax import blocking, moments, quantization
 #   (new preconditioners [r, d, d], error [r], ok [r]); float32 throughout.
 Compute = Callable[[jax.Array, jax.Array, int, jax.Array],
                    tuple[jax.Array, jax.Array, jax.Array]]
+# change(old preconditioners [r, d, d], new ones [r, d, d]) -> [r, d, d]: what a
+# variant needs to know of each refreshed row (SOAP: how its basis turned).
+Change = Callable[[jax.Array, jax.Array], jax.Array]
+
+
+class Changes(NamedTuple):
+  """Per group, the rows a refresh has just replaced, and how (``Change``).
+
+  ``rows``: group row indices (some may be past the group: ignore them);
+  ``changed``: whether each row's preconditioner was replaced by a different
+  one at this step; ``values``: the ``Change`` of each row (any values where
+  ``changed`` is false).
+  """
+
+  rows: jax.Array
+  changed: jax.Array
+  values: jax.Array
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,9 +170,14 @@ def decode_factors(plan: blocking.Plan, stored: tuple, codec: quantization.Codec
 def refresh(plan: blocking.Plan, stats: tuple, precond: tuple, errors: tuple,
             failures: tuple, count: jax.Array, *, compute: Compute, schedule: Schedule,
             block_sharding, codec: quantization.Codec,
-            precond_codec: quantization.Codec, per_device: bool = False
-            ) -> tuple[tuple, tuple, tuple]:
+            precond_codec: quantization.Codec, per_device: bool = False,
+            change: Change | None = None) -> tuple:
   """Recomputes the preconditioners that are due at step ``count``, group by group.
+
+  Returns ``(precond, errors, failures)``, and with ``change`` a fourth
+  element, the :class:`Changes` of each group, computed in the refresh branch
+  from the rows it reads and writes (so nothing reads the old preconditioners
+  after they are overwritten in place, which would make XLA copy them).
 
   ``per_device``: this runs on each device of a mesh (under ``shard_map``,
   here through ``block_sharding`` or in the caller's).
@@ -165,13 +188,15 @@ def refresh(plan: blocking.Plan, stats: tuple, precond: tuple, errors: tuple,
   for group, s, p, e, n in zip(plan.groups, stats, precond, errors, failures):
     refresh_group = functools.partial(
         _refresh_group, dim=group.dim, exponent=group.exponent, compute=compute,
-        schedule=schedule, codec=codec, precond_codec=precond_codec)
+        schedule=schedule, codec=codec, precond_codec=precond_codec, change=change)
     out.append(block_sharding.map_blocks(refresh_group, (s, p, e, n), (count,)))
   if not out:
-    return (), (), ()
+    return ((), (), (), ()) if change else ((), (), ())
   place = lambda tree: jax.tree.map(block_sharding.place, tree)  # noqa: E731
-  precond, errors, failures = (tuple(place(x) for x in xs) for xs in zip(*out))
-  return precond, errors, failures
+  precond, errors, failures = (tuple(place(x) for x in xs) for xs in list(zip(*out))[:3])
+  if change is None:
+    return precond, errors, failures
+  return precond, errors, failures, tuple(Changes(*o[3:]) for o in out)
 
 
 def _one_matrix_at_a_time_on_cpu(compute: Compute) -> Compute:
@@ -220,19 +245,31 @@ def due_rows(schedule: Schedule, count: jax.Array, n: int,
 
 
 def _refresh_group(stats, precond, errors, failures, count, device, *, dim, exponent, compute,
-                   schedule, codec, precond_codec):
-  """One group (or one device's rows of it): refresh the rows that are due."""
+                   schedule, codec, precond_codec, change=None):
+  """One group (or one device's rows of it): refresh the rows that are due.
+
+  With ``change``, also the refreshed rows (as group rows: ``device * n``
+  added), whether each changed, and its ``change``.
+  """
   n = codec.num_matrices(stats)  # this device's rows
   rows, due = due_rows(schedule, count, n, device * n)  # rows past n: dropped
   update = functools.partial(_update_rows, dim=dim, exponent=exponent, count=count,
                              compute=compute, dense=schedule.dense, codec=codec,
-                             precond_codec=precond_codec)
-  return jax.lax.cond(jnp.any(due), update, _keep, stats, precond, errors, failures, rows)
+                             precond_codec=precond_codec, change=change)
+  keep = functools.partial(_keep, dim=dim, change=change)
+  out = jax.lax.cond(jnp.any(due), update, keep, stats, precond, errors, failures, rows)
+  if change is None:
+    return out
+  precond, errors, failures, changed, values = out
+  return precond, errors, failures, rows + device * n, changed & (rows < n), values
 
 
-def _keep(stats, precond, errors, failures, rows):
-  del stats, rows
-  return precond, errors, failures
+def _keep(stats, precond, errors, failures, rows, *, dim, change=None):
+  del stats
+  if change is None:
+    return precond, errors, failures
+  return (precond, errors, failures, jnp.zeros(rows.shape, bool),
+          jnp.zeros((*rows.shape, dim, dim), jnp.float32))
 
 
 def _read(codec, stored, rows, d, dense, ridge=False):
@@ -254,7 +291,7 @@ def _read(codec, stored, rows, d, dense, ridge=False):
 
 
 def _update_rows(stats, precond, errors, failures, rows, *, dim, exponent, count, compute,
-                 dense, codec, precond_codec):
+                 dense, codec, precond_codec, change=None):
   """New preconditioners where they are good; the old ones (and a failure) elsewhere."""
   s = _read(codec, stats, rows, dim, dense, ridge=True)
   old = _read(precond_codec, precond, rows, dim, dense)
@@ -264,13 +301,19 @@ def _update_rows(stats, precond, errors, failures, rows, *, dim, exponent, count
   seen = jnp.any(s != 0, axis=(-2, -1))
   ok = seen & ok & jnp.all(jnp.isfinite(new), axis=(-2, -1))
   new = jnp.where(ok[:, None, None], new, old)
+  changes = ()
+  if change is not None:
+    # As stored: a new basis that rounds to the old one is no change.
+    stored_new = precond_codec.decode(precond_codec.encode(new), dim)
+    changes = (jnp.any(stored_new != old, axis=(-2, -1)), change(old, stored_new))
   if dense:
     return (precond_codec.encode(new), jnp.where(seen, error, errors),
-            failures + (seen & ~ok).astype(failures.dtype))
+            failures + (seen & ~ok).astype(failures.dtype), *changes)
   e = jnp.where(seen, error, jnp.take(errors, rows, mode="fill", fill_value=0))
   f = jnp.take(failures, rows, mode="fill", fill_value=0) + (seen & ~ok).astype(failures.dtype)
   return (
       precond_codec.put_rows(precond, rows, new),
       errors.at[rows].set(e, mode="drop"),
       failures.at[rows].set(f, mode="drop"),
+      *changes,
   )

@@ -193,9 +193,8 @@ def scale_by_soap(
                                 qr_from=schedule.first_step() + precondition_every),
       apply=functools.partial(_adam_in_eigenbasis, nesterov=nesterov,
                               orthogonalize=orthogonalize),
-      outputs=("step", "nu"), refresh_first=False,
-      after_refresh=functools.partial(_carry_second_moment, schedule=schedule,
-                                      basis_codec=basis_codec))
+      outputs=("step", "nu"), refresh_first=False, change=_rotation_map,
+      after_refresh=_carry_second_moment)
 
   def adam(grads, mu, nu, count):
     """Adam's step (mu already updated), for the leaves SOAP does not rotate."""
@@ -260,7 +259,14 @@ def _adam_in_eigenbasis(plan, blocks, bases, scalars, *, nesterov=False, orthogo
   return {"step": steps, "nu": nus}
 
 
-def _carry_second_moment(plan, outputs, old_bases, new_bases, count, *, schedule, basis_codec):
+def _rotation_map(q_old: jax.Array, q_new: jax.Array) -> jax.Array:
+  """``(Q_new^T Q_old)^2`` elementwise, per row: how a refreshed basis moves a
+  diagonal second moment (see :func:`_carry_second_moment`)."""
+  p = jnp.einsum("zka,zki->zai", q_new, q_old, precision=jax.lax.Precision.HIGHEST)
+  return jnp.square(p)
+
+
+def _carry_second_moment(plan, outputs, changes, count):
   """The second moment of each block whose basis was just refreshed, moved to the new basis.
 
   With ``P = Q_new^T Q_old``, coordinate ``a`` of a block in the new basis is
@@ -270,37 +276,28 @@ def _carry_second_moment(plan, outputs, old_bases, new_bases, count, *, schedule
   of close eigenvalues, or reorders them, leaves each coordinate with the
   second moment of another direction (measured on the LM benchmark: without
   it SOAP lost 0.13 nats at 4/3 of its best learning rate; with it, nothing).
-  Only the rows refreshed at this step are touched (``1/precondition_every``
-  of them when staggered), under ``jax.lax.cond``, like the refresh.
+  Only the rows refreshed at this step whose basis changed are touched
+  (``1/precondition_every`` of them when staggered), under ``jax.lax.cond``.
+  ``changes`` (``factor_matrices.Changes`` per group) come from the refresh
+  itself, which computed each map from the rows it read and wrote.
   """
-  due_now = [factor_matrices.due_rows(schedule, count, basis_codec.num_matrices(old))
-             for old in old_bases]
-  any_due = jnp.any(jnp.stack([jnp.any(due) for _, due in due_now]))
-  carry = functools.partial(_carry_due, plan, old_bases=old_bases, new_bases=new_bases,
-                            due_now=due_now, basis_codec=basis_codec)
-  return dict(outputs, nu=jax.lax.cond(any_due, carry, lambda nu: nu, outputs["nu"]))
+  del count
+  any_changed = jnp.any(jnp.stack([jnp.any(c.changed) for c in changes]))
+  carry = functools.partial(_carry_changed, plan, changes=changes)
+  return dict(outputs, nu=jax.lax.cond(any_changed, carry, lambda nu: nu, outputs["nu"]))
 
 
-def _carry_due(plan, nu_stacks, *, old_bases, new_bases, due_now, basis_codec):
-  maps = []
-  for group, old, new, (rows, due) in zip(plan.groups, old_bases, new_bases, due_now):
-    q_old = basis_codec.take_rows(old, rows, group.dim)
-    q_new = basis_codec.take_rows(new, rows, group.dim)
-    p = jnp.einsum("zka,zki->zai", q_new, q_old, precision=jax.lax.Precision.HIGHEST)
-    # Unchanged (not due, or the new basis was rejected): the identity, exactly.
-    changed = due & jnp.any(q_new != q_old, axis=(-2, -1))
-    eye = jnp.eye(group.dim, dtype=p.dtype)[None]
-    maps.append((rows, changed, jnp.where(changed[:, None, None], jnp.square(p), eye)))
+def _carry_changed(plan, nu_stacks, *, changes):
   out = []
   for stack, blocks in zip(plan.stacks, nu_stacks):
     for axis, index in stack.factors:
       factor = plan.factors[index]
-      rows, changed, m = maps[factor.group]
+      rows, changed, maps = changes[factor.group]
       local = rows - factor.offset  # the stack's blocks among the group's rows
       inside = changed & (local >= 0) & (local < stack.size)
       local = jnp.where(inside, local, stack.size)  # elsewhere: not gathered, dropped
       sub = jnp.take(blocks, local, axis=0, mode="fill", fill_value=0)
-      sub = core.along_axis(sub, m, axis, transpose=False)
+      sub = core.along_axis(sub, maps, axis, transpose=False)
       blocks = blocks.at[local].set(sub, mode="drop")
     out.append(blocks)
   return out

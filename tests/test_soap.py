@@ -145,34 +145,52 @@ def test_invalid_arguments():
 
 @pytest.mark.parametrize("stagger", [True, False])
 def test_second_moment_carried_into_refreshed_bases_only(rng, stagger):
-  """The gather/scatter of the refreshed blocks' second moments against a
-  plain loop over every block: blocks whose basis is due and changed get
-  ``(P * P) v`` along that axis (``P = Q_new^T Q_old``), all others keep ``v``
-  exactly."""
+  """The refresh's per-row rotation maps and the gather/scatter of the
+  refreshed blocks' second moments, against a plain loop over every block:
+  blocks whose basis is due and changed get ``(P * P) v`` along that axis
+  (``P = Q_new^T Q_old``), all others keep ``v`` exactly."""
   from shampoo_optax import blocking, factor_matrices, soap_transform  # noqa: PLC0415
+  from shampoo_optax import sharding as sharding_lib  # noqa: PLC0415
 
   leaves = [jnp.zeros(s) for s in [(12, 8), (8, 8), (3, 8, 4), (20, 6)]]
   plan = blocking.Layout(4, 4, 4096, pad_slots=False).plan(leaves)
   schedule = factor_matrices.Schedule(every=3, start=0, stagger=stagger)
-  codec = quantization.Codec(symmetric=False)
+  codec, stats_codec = quantization.Codec(symmetric=False), quantization.Codec()
 
   def orthogonal(n, d):
     return np.linalg.qr(rng.standard_normal((n, d, d)))[0]
 
-  old, new = [], []
+  # The new basis of a row is its old one turned by a fixed rotation R (not
+  # symmetric, so a transposed map would be caught); rows whose statistics are
+  # still zero keep theirs (no gradient has reached them).
+  turn = {g.dim: orthogonal(1, g.dim)[0] for g in plan.groups}
+  old, stats, seen = [], [], []
   for g in plan.groups:
-    q_old = orthogonal(g.padded_size, g.dim)
-    q_new = np.where(rng.uniform(size=(g.padded_size, 1, 1)) < 0.7,
-                     orthogonal(g.padded_size, g.dim), q_old)
-    old.append(codec.encode(jnp.asarray(q_old, jnp.float32)))
-    new.append(codec.encode(jnp.asarray(q_new, jnp.float32)))
+    old.append(codec.encode(jnp.asarray(orthogonal(g.padded_size, g.dim), jnp.float32)))
+    x = rng.standard_normal((g.padded_size, g.dim, g.dim))
+    nonzero = rng.uniform(size=g.padded_size) < 0.7
+    seen.append(nonzero)
+    stats.append(stats_codec.encode(jnp.asarray(
+        (x @ np.swapaxes(x, -1, -2)) * nonzero[:, None, None], jnp.float32)))
+
+  def compute(s, q, exponent, count):
+    del s, exponent, count
+    new = jnp.einsum("zij,jk->zik", q, jnp.asarray(turn[q.shape[-1]], jnp.float32),
+                     precision=jax.lax.Precision.HIGHEST)
+    return new, jnp.zeros(q.shape[:1]), jnp.ones(q.shape[:1], bool)
+
   nu = [jnp.asarray(rng.uniform(size=x.shape), jnp.float32) for x in leaves]
   stacks = blocking.to_stacks(plan, nu, jnp.float32)
   carried = kept = 0
   for count in range(1, 5):
-    got = soap_transform._carry_second_moment(
-        plan, {"nu": stacks}, tuple(old), tuple(new), jnp.asarray(count), schedule=schedule,
-        basis_codec=codec)["nu"]
+    groups = (tuple(jnp.zeros(codec.num_matrices(o)) for o in old),
+              tuple(jnp.zeros(codec.num_matrices(o), jnp.int32) for o in old))
+    *_, changes = factor_matrices.refresh(
+        plan, tuple(stats), tuple(old), *groups, jnp.asarray(count), compute=compute,
+        schedule=schedule, block_sharding=sharding_lib.BlockSharding(), codec=stats_codec,
+        precond_codec=codec, change=soap_transform._rotation_map)
+    got = soap_transform._carry_second_moment(plan, {"nu": stacks}, changes,
+                                              jnp.asarray(count))["nu"]
     for stack, before, after in zip(plan.stacks, stacks, got):
       want = np.array(before)
       for axis, index in stack.factors:
@@ -181,11 +199,10 @@ def test_second_moment_carried_into_refreshed_bases_only(rng, stagger):
         rows, due = factor_matrices.due_rows(schedule, jnp.asarray(count), g.padded_size)
         due_rows = {int(r) for r, d in zip(rows, due) if d}
         q_old = np.asarray(codec.decode(old[f.group], g.dim), np.float64)
-        q_new = np.asarray(codec.decode(new[f.group], g.dim), np.float64)
         for z in range(stack.size):
           r = f.offset + z
-          if r in due_rows and not np.array_equal(q_old[r], q_new[r]):
-            p2 = (q_new[r].T @ q_old[r]) ** 2
+          if r in due_rows and seen[f.group][r]:
+            p2 = ((q_old[r] @ turn[g.dim]).T @ q_old[r]) ** 2
             want[z] = np.moveaxis(np.tensordot(p2, want[z], axes=([1], [axis])), 0, axis)
       np.testing.assert_allclose(np.asarray(after), want, rtol=1e-5, atol=1e-6)
       moved = np.any(np.asarray(after) != np.asarray(before), axis=tuple(range(1, want.ndim)))
