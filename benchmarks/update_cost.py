@@ -41,6 +41,7 @@ Run:
   python benchmarks/update_cost.py                  # the 25M tree (a few minutes on 2 CPU cores)
   python benchmarks/update_cost.py --tiny           # a tiny tree, seconds (CI)
   python benchmarks/update_cost.py --optimizers adamw,shampoo --top 10 --json cost.json
+  python benchmarks/update_cost.py --donate         # the state donated, as in a training step
 """
 
 from __future__ import annotations
@@ -453,7 +454,8 @@ def measure(name: str, params: Any, args: argparse.Namespace) -> dict[str, Any]:
   state = jax.eval_shape(tx.init, params)
   grads = params  # the same tree, shapes and dtypes
   t0 = time.perf_counter()
-  lowered = jax.jit(tx.update).lower(grads, state, params)
+  lowered = jax.jit(tx.update, donate_argnums=(1,) if args.donate else ()).lower(
+      grads, state, params)
   t1 = time.perf_counter()
   compiled = lowered.compile()
   t2 = time.perf_counter()
@@ -592,6 +594,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="a tiny model, seconds (CI): " + ", ".join(
                           f"{k.replace('_', '-')} {v}" for k, v in TINY.items()))
   parser.add_argument("--json", metavar="PATH", default=None, help="also write results here")
+  parser.add_argument("--donate", action="store_true",
+                      help="donate the optimizer state to the update (as a training step that "
+                      "donates its state does): XLA may then update it in place; without it, "
+                      "an in-place update of the state (the refresh's scatter) needs a copy")
   return parser
 
 
