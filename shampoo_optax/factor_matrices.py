@@ -176,8 +176,8 @@ def refresh(plan: blocking.Plan, stats: tuple, precond: tuple, errors: tuple,
 
   Returns ``(precond, errors, failures)``, and with ``change`` a fourth
   element, the :class:`Changes` of each group, computed in the refresh branch
-  from the rows it reads and writes (so nothing reads the old preconditioners
-  after they are overwritten in place, which would make XLA copy them).
+  from the rows it reads and writes (so that nothing after the refresh reads
+  the old preconditioners, nor gathers the refreshed rows again).
 
   ``per_device``: this runs on each device of a mesh (under ``shard_map``,
   here through ``block_sharding`` or in the caller's).
@@ -191,7 +191,7 @@ def refresh(plan: blocking.Plan, stats: tuple, precond: tuple, errors: tuple,
         schedule=schedule, codec=codec, precond_codec=precond_codec, change=change)
     out.append(block_sharding.map_blocks(refresh_group, (s, p, e, n), (count,)))
   if not out:
-    return ((), (), (), ()) if change else ((), (), ())
+    return ((), (), ()) if change is None else ((), (), (), ())
   place = lambda tree: jax.tree.map(block_sharding.place, tree)  # noqa: E731
   precond, errors, failures = (tuple(place(x) for x in xs) for xs in list(zip(*out))[:3])
   if change is None:
