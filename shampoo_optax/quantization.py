@@ -224,7 +224,7 @@ class Codec:
       bits = (bits + noise) & jnp.uint32(0xFFFF0000)
       return jax.lax.bitcast_convert_type(bits, jnp.float32).astype(jnp.bfloat16)
     int_dtype, largest = _INTS[self.dtype]
-    diagonal = jnp.diagonal(full, axis1=-2, axis2=-1)
+    diag = diagonal(full)
     off = jnp.where(jnp.eye(d, dtype=bool)[None], 0.0, jnp.abs(full))
     scales = jnp.max(off, axis=-1) / largest
     safe = jnp.where(scales > 0, scales, 1.0)
@@ -235,7 +235,7 @@ class Codec:
       values = jnp.floor(scaled + jax.random.uniform(key, scaled.shape, jnp.float32))
     values = jnp.clip(values, -largest, largest)
     values = jnp.where(jnp.asarray(on_diagonal)[None], 0, values).astype(int_dtype)
-    return ScaledIntMatrices(values, scales, diagonal)
+    return ScaledIntMatrices(values, scales, diag)
 
   def accumulate(self, stored, new, decay, weight, d: int, key=None):
     """``decay * stored + weight * new`` in stored form.
