@@ -50,24 +50,22 @@ Run:
 
 from __future__ import annotations
 
+# OPENBLAS_NUM_THREADS is left as the user has it (unlike the other benchmarks): this script
+# measures what a user gets. On CPU the package itself runs jaxlib's eigh on one thread unless the
+# variable is set (matrix_functions.single_threaded_cpu_lapack); set it to measure otherwise.
+import argparse
+import json
+import math
 import os
-
-# Before NumPy/JAX are imported, as in the other benchmarks: on CPU, OpenBLAS threads inside
-# jitted eigh fight XLA's own thread pool. No effect on an accelerator.
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-
-import argparse  # noqa: E402
-import json  # noqa: E402
-import math  # noqa: E402
-import pathlib  # noqa: E402
-import shlex  # noqa: E402
-import statistics  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Callable, Sequence  # noqa: E402
-from typing import Any  # noqa: E402
+import pathlib
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
 
 HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parent

@@ -26,6 +26,11 @@ own residual.
 
 from __future__ import annotations
 
+import functools
+import logging
+import os
+import pathlib
+
 import jax
 import jax.numpy as jnp
 
@@ -37,6 +42,67 @@ _POWER_ITERS = 16
 _NEWTON_TRANSIENT_ERROR = 0.05
 
 METHODS = ("newton", "eigh")
+
+# Environment variables through which a user sets OpenBLAS's (or another BLAS's) thread count.
+_BLAS_THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "OMP_NUM_THREADS",
+                          "MKL_NUM_THREADS")
+
+
+@functools.cache
+def single_threaded_cpu_lapack() -> bool:
+  """On CPU, run jaxlib's LAPACK kernels (eigh, qr) on one thread; once per process.
+
+  jaxlib computes ``eigh`` and ``qr`` on CPU in the LAPACK that SciPy ships,
+  whose OpenBLAS starts one thread per core. Inside a jitted step those
+  threads spin after each call and take the cores from XLA's own thread pool:
+  on 2 cores, Shampoo's step went from 1.13x AdamW's to 1.52x
+  (``benchmarks/README.md``). So when the default backend is the CPU and the
+  user has set none of ``OPENBLAS_NUM_THREADS``, ``GOTO_NUM_THREADS``,
+  ``OMP_NUM_THREADS``, ``MKL_NUM_THREADS``, the first eigh or qr the optimizer
+  traces sets *SciPy's* BLAS (the one bundled in SciPy's wheel; not NumPy's,
+  and not a BLAS shared with other libraries) to one thread, with
+  ``threadpoolctl``, and logs it. Setting any of those variables keeps the
+  user's choice. Called at trace time.
+
+  Returns:
+    Whether a library was limited (by this call or an earlier one).
+  """
+  if any(os.environ.get(name) for name in _BLAS_THREAD_VARIABLES):
+    return False
+  if jax.default_backend() != "cpu":
+    return False
+  try:
+    import scipy
+    import scipy.linalg.cython_lapack  # noqa: F401  (loads the library jaxlib's kernels call)
+    import threadpoolctl
+  except ImportError:  # pragma: no cover (both are jax / package dependencies)
+    return False
+  scipy_dir = pathlib.Path(scipy.__file__).resolve().parent
+  own = (scipy_dir, scipy_dir.with_name("scipy.libs"))
+  controller = threadpoolctl.ThreadpoolController()
+  paths = [info["filepath"] for info in controller.info()
+           if info["user_api"] == "blas"
+           and any(pathlib.Path(info["filepath"]).resolve().is_relative_to(d) for d in own)]
+  if not paths:
+    return False
+  controller.select(filepath=paths).limit(limits=1)
+  logging.getLogger(__name__).info(
+      "shampoo_optax: SciPy's BLAS (%s), which runs jaxlib's CPU eigh and qr, set to one thread; "
+      "set OPENBLAS_NUM_THREADS to choose otherwise", ", ".join(paths))
+  return True
+
+
+def eigh(matrix: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """``jnp.linalg.eigh`` (eigenvalues ascending, eigenvectors as columns), after
+  :func:`single_threaded_cpu_lapack`."""
+  single_threaded_cpu_lapack()
+  return jnp.linalg.eigh(matrix)
+
+
+def qr(matrix: jax.Array) -> jax.Array:
+  """The ``Q`` of ``jnp.linalg.qr``, after :func:`single_threaded_cpu_lapack`."""
+  single_threaded_cpu_lapack()
+  return jnp.linalg.qr(matrix)[0]
 
 
 def matrix_inverse_pth_root(
@@ -345,7 +411,7 @@ def _eigh_root(a, p, ridge_epsilon, relative_ridge_epsilon, pseudo_inverse_rtol=
   # Normalize first so that eigh sees entries of order one at any scale.
   norm = jnp.linalg.norm(a, axis=(-2, -1))
   norm = jnp.where(norm > 0, norm, 1)
-  w, q = jnp.linalg.eigh(a / norm[..., None, None])
+  w, q = eigh(a / norm[..., None, None])
   w = jnp.maximum(w, 0) * norm[..., None]
   lambda_max = w[..., -1]
   a_n, scale, safe_scale = _normalize(

@@ -28,7 +28,15 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from shampoo_optax import blocking, core, factor_matrices, moments, quantization, validation
+from shampoo_optax import (
+  blocking,
+  core,
+  factor_matrices,
+  matrix_functions,
+  moments,
+  quantization,
+  validation,
+)
 from shampoo_optax import sharding as sharding_lib
 
 BASIS_METHODS = ("auto", "eigh", "qr")
@@ -309,7 +317,7 @@ def _eigenbasis(stats, old, exponent, count, *, method, qr_from):
   hi = jax.lax.Precision.HIGHEST
 
   def eigh():
-    return jnp.linalg.eigh(stats)[1]
+    return matrix_functions.eigh(stats)[1]
 
   def refine():
     # One step of subspace iteration from the previous basis, re-orthonormalized
@@ -321,7 +329,7 @@ def _eigenbasis(stats, old, exponent, count, *, method, qr_from):
     estimates = jnp.einsum("zki,zkl,zli->zi", old, stats, old, precision=hi)
     order = jnp.argsort(-estimates, axis=-1)
     start = jnp.take_along_axis(old, order[:, None, :], axis=-1)
-    q = jnp.linalg.qr(jnp.matmul(stats, start, precision=hi))[0]
+    q = matrix_functions.qr(jnp.matmul(stats, start, precision=hi))
     return jax.lax.cond(count < qr_from, eigh, lambda: q)
 
   if method == "auto":

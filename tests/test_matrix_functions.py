@@ -2,13 +2,15 @@
 # SPDX-License-Identifier: Apache-2.0
 """Inverse p-th roots against float64 eigh references."""
 
+import pathlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
-from shampoo_optax import matrix_inverse_pth_root
+from shampoo_optax import matrix_functions, matrix_inverse_pth_root
 
 P_VALUES = (1, 2, 3, 4, 6, 8)
 
@@ -202,3 +204,53 @@ def test_orthogonalize_keeps_zeros(rng):
   got = np.asarray(matrix_functions.orthogonalize(jnp.asarray(x)))
   assert np.all(got[0, 5:] == 0) and np.all(got[0, :, 3:] == 0) and np.all(got[1] == 0)
   assert np.all(np.isfinite(got))
+
+
+def _blas_threads():
+  """{filepath: threads} of the BLAS libraries loaded in this process."""
+  import threadpoolctl
+
+  return {i["filepath"]: i["num_threads"] for i in threadpoolctl.threadpool_info()
+          if i["user_api"] == "blas"}
+
+
+@pytest.fixture
+def restore_blas_threads():
+  import threadpoolctl
+
+  matrix_functions.single_threaded_cpu_lapack.cache_clear()
+  with threadpoolctl.threadpool_limits(limits=None):  # restores every library's count on exit
+    yield
+  matrix_functions.single_threaded_cpu_lapack.cache_clear()
+
+
+def test_cpu_lapack_set_to_one_thread_unless_the_user_chose(monkeypatch, restore_blas_threads):
+  # jaxlib's CPU eigh runs in SciPy's BLAS; left multi-threaded it fights XLA's thread pool.
+  import scipy
+
+  for name in matrix_functions._BLAS_THREAD_VARIABLES:
+    monkeypatch.delenv(name, raising=False)
+  x = jnp.eye(3)
+  monkeypatch.setenv("OPENBLAS_NUM_THREADS", "2")
+  jnp.asarray(matrix_functions.eigh(x)[0]).block_until_ready()  # loads SciPy's BLAS
+  import threadpoolctl
+
+  threadpoolctl.threadpool_limits(limits=2)
+  before = _blas_threads()
+  assert not matrix_functions.single_threaded_cpu_lapack()  # the user's choice is kept
+  assert _blas_threads() == before
+  monkeypatch.delenv("OPENBLAS_NUM_THREADS")
+  matrix_functions.single_threaded_cpu_lapack.cache_clear()
+  w, _ = jax.jit(matrix_functions.eigh)(x)  # the limit is set while tracing
+  np.testing.assert_allclose(w, np.ones(3))
+  after = _blas_threads()
+  scipy_dir = str(pathlib.Path(scipy.__file__).resolve().parent)
+  scipys = [p for p in after if pathlib.Path(p).resolve().parent.name in ("scipy.libs", ".dylibs")
+            or str(pathlib.Path(p).resolve()).startswith(scipy_dir)]
+  if jax.default_backend() != "cpu" or not scipys:
+    pytest.skip("no CPU backend, or SciPy without a BLAS of its own")
+  assert matrix_functions.single_threaded_cpu_lapack()
+  assert all(after[p] == 1 for p in scipys), after
+  # Only SciPy's: NumPy's (or any other) BLAS keeps its count.
+  assert {p: t for p, t in after.items() if p not in scipys} == {
+      p: t for p, t in before.items() if p not in scipys}
