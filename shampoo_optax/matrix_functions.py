@@ -55,8 +55,8 @@ def single_threaded_cpu_lapack() -> bool:
   jaxlib computes ``eigh`` and ``qr`` on CPU in the LAPACK that SciPy ships,
   whose OpenBLAS starts one thread per core. Inside a jitted step those
   threads spin after each call and take the cores from XLA's own thread pool:
-  on 2 cores, Shampoo's step went from 1.13x AdamW's to 1.52x
-  (``benchmarks/README.md``). So when the default backend is the CPU and the
+  on 2 cores, a small LM's Shampoo step took 1.49-1.57x AdamW's with two
+  threads and 1.12-1.21x with one (``benchmarks/README.md``). So when the default backend is the CPU and the
   user has set none of ``OPENBLAS_NUM_THREADS``, ``GOTO_NUM_THREADS``,
   ``OMP_NUM_THREADS``, ``MKL_NUM_THREADS``, the first eigh or qr the optimizer
   traces sets *SciPy's* BLAS (the one bundled in SciPy's wheel; not NumPy's,
@@ -79,13 +79,20 @@ def single_threaded_cpu_lapack() -> bool:
     return False
   scipy_dir = pathlib.Path(scipy.__file__).resolve().parent
   own = (scipy_dir, scipy_dir.with_name("scipy.libs"))
-  controller = threadpoolctl.ThreadpoolController()
-  paths = [info["filepath"] for info in controller.info()
-           if info["user_api"] == "blas"
-           and any(pathlib.Path(info["filepath"]).resolve().is_relative_to(d) for d in own)]
+  try:
+    controller = threadpoolctl.ThreadpoolController()
+    paths = [info["filepath"] for info in controller.info()
+             if info["user_api"] == "blas"
+             and any(pathlib.Path(info["filepath"]).resolve().is_relative_to(d) for d in own)]
+    if paths:
+      controller.select(filepath=paths).limit(limits=1)
+  except Exception as error:  # noqa: BLE001  (a speed setting must never stop training)
+    logging.getLogger(__name__).warning(
+        "shampoo_optax: could not set SciPy's BLAS to one thread (%r); on CPU, set "
+        "OPENBLAS_NUM_THREADS=1 before starting Python for a faster eigh", error)
+    return False
   if not paths:
     return False
-  controller.select(filepath=paths).limit(limits=1)
   logging.getLogger(__name__).info(
       "shampoo_optax: SciPy's BLAS (%s), which runs jaxlib's CPU eigh and qr, set to one thread; "
       "set OPENBLAS_NUM_THREADS to choose otherwise", ", ".join(paths))
