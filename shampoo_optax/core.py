@@ -176,7 +176,7 @@ class Core:
         # Per-device work on simulated CPU devices: see factor_matrices.
         per_device=self.block_sharding.size > 1)
     if variant.refresh_first:
-      precond, errors, failures = refresh(precond, errors, failures)
+      precond, errors, failures, _ = refresh(precond, errors, failures)
     preconditioners = factor_matrices.decode_factors(plan, precond, self.precond_codec)
     outputs = variant.apply(plan, blocks, preconditioners, scalars)
     if not variant.refresh_first:

@@ -174,10 +174,11 @@ def refresh(plan: blocking.Plan, stats: tuple, precond: tuple, errors: tuple,
             change: Change | None = None) -> tuple:
   """Recomputes the preconditioners that are due at step ``count``, group by group.
 
-  Returns ``(precond, errors, failures)``, and with ``change`` a fourth
-  element, the :class:`Changes` of each group, computed in the refresh branch
-  from the rows it reads and writes (so that nothing after the refresh reads
-  the old preconditioners, nor gathers the refreshed rows again).
+  Returns ``(precond, errors, failures, changes)``: ``changes`` is, with
+  ``change``, the :class:`Changes` of each group, computed in the refresh
+  branch from the rows it reads and writes (so that nothing after the refresh
+  reads the old preconditioners, nor gathers the refreshed rows again), and
+  ``None`` without it.
 
   ``per_device``: this runs on each device of a mesh (under ``shard_map``,
   here through ``block_sharding`` or in the caller's).
@@ -190,13 +191,12 @@ def refresh(plan: blocking.Plan, stats: tuple, precond: tuple, errors: tuple,
         _refresh_group, dim=group.dim, exponent=group.exponent, compute=compute,
         schedule=schedule, codec=codec, precond_codec=precond_codec, change=change)
     out.append(block_sharding.map_blocks(refresh_group, (s, p, e, n), (count,)))
+  changes = None if change is None else tuple(Changes(*o[3:]) for o in out)
   if not out:
-    return ((), (), ()) if change is None else ((), (), (), ())
+    return (), (), (), changes
   place = lambda tree: jax.tree.map(block_sharding.place, tree)  # noqa: E731
   precond, errors, failures = (tuple(place(x) for x in xs) for xs in list(zip(*out))[:3])
-  if change is None:
-    return precond, errors, failures
-  return precond, errors, failures, tuple(Changes(*o[3:]) for o in out)
+  return precond, errors, failures, changes
 
 
 def _one_matrix_at_a_time_on_cpu(compute: Compute) -> Compute:
