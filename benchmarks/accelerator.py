@@ -20,6 +20,10 @@ parameters; ``block_size=128`` and ``precondition_every=10`` for the Shampoos an
   it: "refresh only" = shampoo - no refresh (and likewise for eigh and Newton).
   ``soap_no_refresh`` is the same for SOAP (not run by default).
 
+Each name may carry options, as ``lm.py``'s specs do (``peers.parse_spec``; the learning rate is
+``--learning-rate``): ``shampoo+nesterov=True+precondition_every=3`` is the ``shampoo`` row with
+two settings replaced.
+
 Each optimizer runs in a fresh Python process (peak-memory statistics and compile caches are per
 process; a hang does not sink the run), which sends its measurements back as JSON:
 
@@ -46,6 +50,7 @@ Run:
   python benchmarks/accelerator.py --tiny           # CPU smoke run (CI), about a minute
   python benchmarks/accelerator.py --d-model 128 --layers 2 --seq-len 64 --batch 16 \
       --json acc.json                               # a CPU stand-in
+  python benchmarks/accelerator.py --optimizers adamw,muon,shampoo,shampoo+precondition_every=3
 """
 
 from __future__ import annotations
@@ -98,31 +103,46 @@ TINY = dict(d_model=32, layers=1, heads=2, seq_len=16, batch=4, block_size=16,
             precondition_every=4, warmup=5, steps=5, cap=150.0, budget=450.0)
 
 
+def base_name(name: str) -> str:
+  """``shampoo`` of ``shampoo+nesterov=True``: an optimizer named with options (a spec, as
+  ``lm.py`` takes; its learning rate is ``--learning-rate``)."""
+  return name.partition("+")[0]
+
+
+def label(name: str) -> str:
+  base, _, options = name.partition("+")
+  return LABELS[base] + (f", {options.replace('+', ', ')}" if options else "")
+
+
 def make_optimizer(name: str, args: argparse.Namespace) -> Any:
-  """The optax transformation called ``name``; imports what it needs only when built."""
+  """The optax transformation called ``name`` (a spec: ``name[+key=value...]``, the options
+  replacing the row's settings); imports what it needs only when built."""
   # Imported here: the parent process never needs them (nor initializes a backend).
   import peers  # noqa: PLC0415
 
   import shampoo_optax  # noqa: PLC0415
 
+  base, options, _ = peers.parse_spec(name)
   lr, wd = args.learning_rate, 1e-4
   blocks = dict(block_size=args.block_size, precondition_every=args.precondition_every,
                 weight_decay=wd)
   never = dict(blocks, precondition_every=NEVER)
-  builders: dict[str, Callable[[], Any]] = {
-      "adamw": lambda: peers.adamw(lr, weight_decay=wd),
-      "muon": lambda: peers.muon(lr, weight_decay=wd),
-      "google": lambda: peers.google_shampoo(
-          lr, block_size=args.block_size, preconditioning_compute_steps=args.precondition_every,
-          weight_decay=wd),
-      "shampoo": lambda: shampoo_optax.shampoo(lr, **blocks),
-      "shampoo_eigh": lambda: shampoo_optax.shampoo(lr, root_method="eigh", **blocks),
-      "shampoo_newton": lambda: shampoo_optax.shampoo(lr, root_method="newton", **blocks),
-      "soap": lambda: shampoo_optax.soap(lr, **blocks),
-      "shampoo_no_refresh": lambda: shampoo_optax.shampoo(lr, **never),
-      "soap_no_refresh": lambda: shampoo_optax.soap(lr, **never),
+  builders: dict[str, Callable[..., Any]] = {
+      "adamw": lambda **kw: peers.adamw(lr, **{"weight_decay": wd, **kw}),
+      "muon": lambda **kw: peers.muon(lr, **{"weight_decay": wd, **kw}),
+      "google": lambda **kw: peers.google_shampoo(lr, **{
+          "block_size": args.block_size,
+          "preconditioning_compute_steps": args.precondition_every, "weight_decay": wd, **kw}),
+      "shampoo": lambda **kw: shampoo_optax.shampoo(lr, **{**blocks, **kw}),
+      "shampoo_eigh": lambda **kw: shampoo_optax.shampoo(
+          lr, **{**blocks, "root_method": "eigh", **kw}),
+      "shampoo_newton": lambda **kw: shampoo_optax.shampoo(
+          lr, **{**blocks, "root_method": "newton", **kw}),
+      "soap": lambda **kw: shampoo_optax.soap(lr, **{**blocks, **kw}),
+      "shampoo_no_refresh": lambda **kw: shampoo_optax.shampoo(lr, **{**never, **kw}),
+      "soap_no_refresh": lambda **kw: shampoo_optax.soap(lr, **{**never, **kw}),
   }
-  return builders[name]()
+  return builders[base](**options)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -282,17 +302,17 @@ def results_table(rows: list[dict]) -> str:
   base = next((r for r in rows if r["optimizer"] == "adamw" and "error" not in r), None)
   table = []
   for r in rows:
-    label = LABELS[r["optimizer"]]
+    name = label(r["optimizer"])
     if "error" in r and _num(r, "step_s") is not None:
-      label += f" ({r['error']})"  # timed, but e.g. the loss is not finite
+      name += f" ({r['error']})"  # timed, but e.g. the loss is not finite
     elif "error" in r:
       compiled = _num(r, "compile_s")  # a timeout after compiling still tells this
-      table.append([label, r["error"], "-", "-", "-" if compiled is None else f"{compiled:.1f}",
+      table.append([name, r["error"], "-", "-", "-" if compiled is None else f"{compiled:.1f}",
                     _ratio(r, base, "compile_s"), "-", _bytes(_num(r, "state_bytes")),
                     _ratio(r, base, "state_bytes"), "-", "-"])
       continue
     table.append([
-        label, f"{1e3 * r['step_s']:.1f}", _ratio(r, base, "step_s"),
+        name, f"{1e3 * r['step_s']:.1f}", _ratio(r, base, "step_s"),
         f"{1e3 * r['worst_step_s']:.1f}", f"{r['compile_s']:.1f}",
         _ratio(r, base, "compile_s"), f"{r['first_step_s']:.2f}", _bytes(r["state_bytes"]),
         _ratio(r, base, "state_bytes"), _bytes(_num(r, "peak_bytes")),
@@ -336,12 +356,13 @@ def breakdown_table(rows: list[dict]) -> str | None:
 
 def parent(args: argparse.Namespace) -> None:
   names = [n for n in args.optimizers.split(",") if n]
-  unknown = [n for n in names if n not in LABELS]
+  unknown = [n for n in names if base_name(n) not in LABELS or "@" in n]
   if unknown:
-    raise SystemExit(f"unknown optimizer(s) {unknown}; choose from {', '.join(LABELS)}")
+    raise SystemExit(f"unknown optimizer(s) {unknown}; choose from {', '.join(LABELS)}, each "
+                     "with options as name+key=value (the learning rate is --learning-rate)")
   if "adamw" not in names:
     names.insert(0, "adamw")
-  order = sorted(names, key=RUN_ORDER.index)
+  order = sorted(names, key=lambda n: RUN_ORDER.index(base_name(n)))
   # hostinfo.start() would initialize a backend here (jax.devices()), which on a GPU holds
   # memory the children need; the machine line comes from the first child instead.
   run = dict(command=shlex.join(sys.orig_argv), machine="?",
@@ -373,7 +394,7 @@ def parent(args: argparse.Namespace) -> None:
               f"process {row['process_s']:.0f} s", flush=True)
       else:
         print(f"  {name}: {row['error']} (process {row['process_s']:.0f} s)", flush=True)
-  ordered = [rows[n] for n in sorted(rows, key=lambda n: list(LABELS).index(n))]
+  ordered = [rows[n] for n in sorted(rows, key=lambda n: list(LABELS).index(base_name(n)))]
   kind = next((r["device_kind"] for r in ordered if r.get("device_kind")), "?")
   params = next((r["params"] for r in ordered if r.get("params")), 0)
   print(f"\nOn {kind}: {params / 1e6:.2f}M parameters; ms/step = median of {args.steps} steps "
@@ -410,8 +431,10 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument("--learning-rate", type=float, default=1e-3, help="(default %(default)g)")
   parser.add_argument("--optimizers", default=None,
                       help=f"comma-separated, from {','.join(LABELS)} (default "
-                      f"{','.join(DEFAULT_OPTIMIZERS)}; --tiny: {','.join(TINY_OPTIMIZERS)}); "
-                      "adamw is always run, for the ratios")
+                      f"{','.join(DEFAULT_OPTIMIZERS)}; --tiny: {','.join(TINY_OPTIMIZERS)}), "
+                      "each optionally with options, as lm.py takes them: "
+                      "shampoo+nesterov=True+precondition_every=3; adamw is always run, for "
+                      "the ratios")
   parser.add_argument("--tiny", action="store_true",
                       help="a tiny model for a CPU smoke run (CI); explicit flags override it")
   parser.add_argument("--json", metavar="PATH", default=None, help="also write results here")
