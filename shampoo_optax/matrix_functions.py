@@ -56,13 +56,14 @@ def single_threaded_cpu_lapack() -> bool:
   whose OpenBLAS starts one thread per core. Inside a jitted step those
   threads spin after each call and take the cores from XLA's own thread pool:
   on 2 cores, a small LM's Shampoo step took 1.49-1.57x AdamW's with two
-  threads and 1.12-1.21x with one (``benchmarks/README.md``). So when the default backend is the CPU and the
-  user has set none of ``OPENBLAS_NUM_THREADS``, ``GOTO_NUM_THREADS``,
-  ``OMP_NUM_THREADS``, ``MKL_NUM_THREADS``, the first eigh or qr the optimizer
-  traces sets *SciPy's* BLAS (the one bundled in SciPy's wheel; not NumPy's,
-  and not a BLAS shared with other libraries) to one thread, with
-  ``threadpoolctl``, and logs it. Setting any of those variables keeps the
-  user's choice. Called at trace time.
+  threads and 1.12-1.21x with one (``benchmarks/README.md``). So when the
+  default backend is the CPU and the user has set none of
+  ``OPENBLAS_NUM_THREADS``, ``GOTO_NUM_THREADS``, ``OMP_NUM_THREADS``,
+  ``MKL_NUM_THREADS``, the first eigh or qr the optimizer traces sets *SciPy's*
+  BLAS (the one bundled in SciPy's wheel; not NumPy's, and not a BLAS shared
+  with other libraries) to one thread, with ``threadpoolctl``, and logs it.
+  Setting any of those variables keeps the user's choice. Called at trace
+  time.
 
   Returns:
     Whether a library was limited (by this call or an earlier one).
