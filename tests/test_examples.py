@@ -65,3 +65,39 @@ def test_optimizer_spec_parsing():
   assert peers.edge_note("muon", [5e-3, 1e-2, 7e-3], 1e-2).startswith("muon: best lr 0.01")
   assert peers.edge_note("muon", [5e-3, 1e-2, 7e-3], 7e-3) is None
   assert peers.edge_note("muon", [7e-3], 7e-3) is None
+
+
+def test_accelerator_optimizer_specs():
+  """accelerator.py builds a row named with options as the optimizer with those options."""
+  import argparse  # noqa: PLC0415
+
+  import jax  # noqa: PLC0415
+  import jax.numpy as jnp  # noqa: PLC0415
+  import numpy as np  # noqa: PLC0415
+
+  import shampoo_optax  # noqa: PLC0415
+
+  sys.path.insert(0, str(ROOT / "benchmarks"))
+  import accelerator  # noqa: PLC0415
+
+  assert accelerator.base_name("shampoo+nesterov=True") == "shampoo"
+  assert accelerator.label("shampoo_eigh+precondition_every=3+nesterov=True") == (
+      "shampoo, root_method='eigh', precondition_every=3, nesterov=True")
+  args = argparse.Namespace(learning_rate=1e-2, block_size=4, precondition_every=2)
+  params = {"w": jnp.asarray(np.random.default_rng(0).standard_normal((4, 6)), jnp.float32)}
+  grads = jax.tree.map(lambda p: 0.3 * p + 0.1, params)
+
+  def updates(tx):
+    state = tx.init(params)
+    for _ in range(4):
+      u, state = tx.update(grads, state, params)
+    return u["w"]
+
+  ours = updates(accelerator.make_optimizer("shampoo+nesterov=True+precondition_every=1", args))
+  expected = updates(shampoo_optax.shampoo(1e-2, block_size=4, precondition_every=1,
+                                           weight_decay=1e-4, nesterov=True))
+  np.testing.assert_array_equal(ours, expected)
+  plain = updates(accelerator.make_optimizer("shampoo", args))
+  assert not np.allclose(ours, plain)  # the options took effect
+  with pytest.raises(SystemExit, match="unknown optimizer"):
+    accelerator.parent(argparse.Namespace(optimizers="adamw,shampoo@1e-3"))
