@@ -110,8 +110,8 @@ def base_name(name: str) -> str:
 
 
 def label(name: str) -> str:
-  base, _, options = name.partition("+")
-  return LABELS[base] + (f", {options.replace('+', ', ')}" if options else "")
+  options = name.partition("+")[2]
+  return LABELS[base_name(name)] + (f", {options.replace('+', ', ')}" if options else "")
 
 
 def make_optimizer(name: str, args: argparse.Namespace) -> Any:

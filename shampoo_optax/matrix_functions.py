@@ -52,6 +52,9 @@ _BLAS_THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "OMP_NUM_T
 def single_threaded_cpu_lapack() -> bool:
   """On CPU, run jaxlib's LAPACK kernels (eigh, qr) on one thread; once per process.
 
+  Every LAPACK call of the package goes through :func:`eigh` or :func:`qr`,
+  which call this first.
+
   jaxlib computes ``eigh`` and ``qr`` on CPU in the LAPACK that SciPy ships,
   whose OpenBLAS starts one thread per core. Inside a jitted step those
   threads spin after each call and take the cores from XLA's own thread pool:
@@ -317,7 +320,7 @@ def extreme_eigenvalues(matrix: jax.Array, num_steps: int = 24) -> tuple[jax.Arr
       .at[..., i[:-1], i[1:]].set(betas[..., :-1])
       .at[..., i[1:], i[:-1]].set(betas[..., :-1])
   )
-  ritz = jnp.linalg.eigvalsh(tridiagonal)
+  ritz = eigh(tridiagonal)[0]  # jnp.linalg.eigvalsh is the same eigh
   return ritz[..., 0], ritz[..., -1]
 
 
