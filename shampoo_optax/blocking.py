@@ -491,6 +491,32 @@ def einsum_letters(rank: int) -> tuple[str, str]:
   return lower, lower.upper()
 
 
+def statistic(blocks: jax.Array, axis: int) -> jax.Array:
+  """``[z, d, d]``: each block times itself, every block axis but ``axis``
+  contracted (the block's ``G G^T`` on that side).
+
+  The block is viewed as ``[z, before, d, after]``. With nothing before or
+  after, this is one batched product with no transpose; an inner axis is
+  batched over ``before`` and summed after, which keeps its operands in place
+  where a single contraction would transpose the whole block first, unless
+  that batch's output would be larger than the block.
+  """
+  z, shape = blocks.shape[0], blocks.shape[1:]
+  d = shape[axis]
+  before, after = math.prod(shape[:axis]), math.prod(shape[axis + 1:])
+  hi = jax.lax.Precision.HIGHEST
+  if before == 1:
+    x = blocks.reshape(z, d, after)
+    return jnp.einsum("zar,zAr->zaA", x, x, precision=hi)
+  if after == 1:
+    x = blocks.reshape(z, before, d)
+    return jnp.einsum("zra,zrA->zaA", x, x, precision=hi)
+  if d <= after:
+    x = blocks.reshape(z, before, d, after)
+    return jnp.einsum("zpaq,zpAq->zpaA", x, x, precision=hi).sum(axis=1)
+  return jnp.einsum(statistic_einsum(len(shape), axis), blocks, blocks, precision=hi)
+
+
 def statistic_einsum(rank: int, axis: int) -> str:
   """'nab,nAb->naA'-style: contracts every block axis except ``axis``."""
   lower, upper = einsum_letters(rank)

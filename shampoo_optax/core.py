@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -223,6 +223,34 @@ def along_axis(blocks: jax.Array, mats: jax.Array, axis: int, transpose: bool) -
   result = lower[:axis] + upper[axis] + lower[axis + 1:]
   return jnp.einsum(f"z{lower},z{pair}->z{result}", blocks, mats,
                     precision=jax.lax.Precision.HIGHEST)
+
+
+def along_axes(blocks: jax.Array, factors: Sequence[tuple[int, jax.Array]],
+               transpose: bool) -> jax.Array:
+  """``along_axis`` for every ``(axis, mats)`` of ``factors``, in axis order.
+
+  When every axis of the blocks has a matrix, each product takes the axis in
+  front, ``[z, d, rest]``, and leaves it last, ``[z, rest, d]``: that is the
+  order a batched matrix product produces, so after the last axis the blocks
+  are back in their own layout and no product needed a transpose (rank-3
+  blocks otherwise transpose twice per pass). Other blocks take one
+  ``along_axis`` per matrix.
+  """
+  by_axis = dict(factors)
+  rank = blocks.ndim - 1
+  if sorted(by_axis) != list(range(rank)):
+    for axis, mats in factors:
+      blocks = along_axis(blocks, mats, axis, transpose)
+    return blocks
+  x = blocks
+  for axis in range(rank):
+    rest = x.shape[2:]
+    flat = x.reshape(x.shape[0], x.shape[1], -1)
+    pair = "aA" if transpose else "Aa"
+    flat = jnp.einsum(f"zar,z{pair}->zrA", flat, by_axis[axis],
+                      precision=jax.lax.Precision.HIGHEST)
+    x = flat.reshape(x.shape[0], *rest, flat.shape[-1])
+  return x
 
 
 def orthogonalize_blocks(blocks: jax.Array) -> jax.Array:

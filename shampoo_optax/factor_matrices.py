@@ -113,13 +113,9 @@ def accumulate(plan: blocking.Plan, stats: tuple, grad_stacks: list[jax.Array],
   """
   parts: list[list[jax.Array]] = [[] for _ in plan.groups]
   for stack, grads in zip(plan.stacks, grad_stacks):
-    rank = len(stack.block_shape)
     for axis, index in stack.factors:
       factor = plan.factors[index]
-      contribution = jnp.einsum(
-          blocking.statistic_einsum(rank, axis), grads, grads,
-          precision=jax.lax.Precision.HIGHEST,
-      )
+      contribution = blocking.statistic(grads, axis)
       pad = plan.groups[factor.group].dim - factor.dim
       parts[factor.group].append(jnp.pad(contribution, ((0, 0), (0, pad), (0, pad))))
   weight = moments.moment_weight(b2)

@@ -342,8 +342,7 @@ def _precondition_and_graft(plan, blocks, roots, scalars, *, graft, orthogonaliz
   """
   directions = []
   for stack, x in zip(plan.stacks, blocks["mu_hat"]):
-    for axis, factor in stack.factors:
-      x = core.along_axis(x, roots[factor], axis, transpose=True)
+    x = core.along_axes(x, [(axis, roots[f]) for axis, f in stack.factors], transpose=True)
     directions.append(core.orthogonalize_blocks(x) if orthogonalize else x)
   if graft == "none":
     return {"step": directions}

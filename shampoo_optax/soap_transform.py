@@ -253,15 +253,14 @@ def _adam_in_eigenbasis(plan, blocks, bases, scalars, *, nesterov=False, orthogo
   b1, b2, eps, count = (scalars[k] for k in ("b1", "b2", "eps", "count"))
   steps, nus = [], []
   for stack, g, m, v in zip(plan.stacks, blocks["grads"], blocks["mu"], blocks["nu"]):
-    for axis, factor in stack.factors:
-      g = core.along_axis(g, bases[factor], axis, transpose=True)
-      m = core.along_axis(m, bases[factor], axis, transpose=True)
+    mats = [(axis, bases[factor]) for axis, factor in stack.factors]
+    g = core.along_axes(g, mats, transpose=True)
+    m = core.along_axes(m, mats, transpose=True)
     v = b2 * v + (1 - b2) * jnp.square(g)
     m_hat = moments.debiased_first_moment(m, g, b1, count, nesterov)
     v_hat = v / (1 - jnp.power(b2, count.astype(jnp.float32)))
     step = m_hat / (jnp.sqrt(v_hat) + eps)
-    for axis, factor in stack.factors:
-      step = core.along_axis(step, bases[factor], axis, transpose=False)
+    step = core.along_axes(step, mats, transpose=False)
     steps.append(core.orthogonalize_blocks(step) if orthogonalize else step)
     nus.append(v)
   return {"step": steps, "nu": nus}
