@@ -173,9 +173,16 @@ class NumpyShampoo:
     return p * np.linalg.norm(adam) / norm if norm > 0 else p
 
 
+def _along(x, mat, axis, columns=False):
+  """``x`` times ``mat`` along ``axis``: contracts the axis with ``mat``'s rows
+  (``Q^T x`` for a basis ``Q``), or with its columns (``Q x``)."""
+  return np.moveaxis(np.tensordot(x, mat, (axis, 1 if columns else 0)), -1, axis)
+
+
 def numpy_soap(grads_seq, *, b1, b2, eps, learning_rate, basis_method="eigh",
                orthogonalize=False, nesterov=False):
-  """SOAP on one matrix that is one block, every basis refreshed after every step.
+  """SOAP on one tensor (of any rank) that is one block, every basis refreshed
+  after every step.
 
   After step ``t`` the bases are recomputed from the statistics so far (so a
   basis is first used on the step after it is computed) and the second moment
@@ -183,26 +190,33 @@ def numpy_soap(grads_seq, *, b1, b2, eps, learning_rate, basis_method="eigh",
   ``basis_method='eigh'``: the eigenvectors. ``'qr'``: after the first refresh
   (eigh), one step of subspace iteration from the previous basis, its columns
   first sorted by their estimated eigenvalues ``diag(Q^T S Q)``, largest first:
-  ``Q_new = qr(S Q_sorted).Q``. ``orthogonalize``: each step is replaced by its
-  Newton-Schulz polar factor at the step's norm. ``nesterov``: optax.adam's
-  Nesterov first moment, in the eigenbasis.
+  ``Q_new = qr(S Q_sorted).Q``. ``orthogonalize``: each (matrix) step is
+  replaced by its Newton-Schulz polar factor at the step's norm.
+  ``nesterov``: optax.adam's Nesterov first moment, in the eigenbasis.
   """
   out = []
   g0 = np.asarray(grads_seq[0], np.float64)
+  axes = range(g0.ndim)
   m, v = np.zeros_like(g0), np.zeros_like(g0)
   stats = [np.zeros((d, d)) for d in g0.shape]
   bases = [np.eye(d) for d in g0.shape]
+
+  def rotate(x, mats, columns=False):
+    for axis in axes:
+      x = _along(x, mats[axis], axis, columns)
+    return x
+
   for t, g in enumerate(grads_seq, start=1):
     g = np.asarray(g, np.float64)
-    stats = [b2 * stats[0] + (1 - b2) * g @ g.T, b2 * stats[1] + (1 - b2) * g.T @ g]
-    ql, qr = bases
+    stats = [b2 * s + (1 - b2) * np.tensordot(g, g, ([a for a in axes if a != i],) * 2)
+             for i, s in enumerate(stats)]
     m = b1 * m + (1 - b1) * g
-    v = b2 * v + (1 - b2) * (ql.T @ g @ qr) ** 2
+    v = b2 * v + (1 - b2) * rotate(g, bases) ** 2
     m_hat = m / (1 - b1**t)
     if nesterov:
       m_hat = b1 * m / (1 - b1 ** (t + 1)) + (1 - b1) * g / (1 - b1**t)
-    step = (ql.T @ m_hat @ qr) / (np.sqrt(v / (1 - b2**t)) + eps)
-    step = ql @ step @ qr.T
+    step = rotate(m_hat, bases) / (np.sqrt(v / (1 - b2**t)) + eps)
+    step = rotate(step, bases, columns=True)
     out.append(-learning_rate * (orthogonalized(step) if orthogonalize else step))
     new = []
     for s, q in zip(stats, bases):
@@ -211,6 +225,6 @@ def numpy_soap(grads_seq, *, b1, b2, eps, learning_rate, basis_method="eigh",
         new.append(np.linalg.qr(s @ q[:, order])[0])
       else:
         new.append(np.linalg.eigh(s)[1])
-    v = (new[0].T @ ql) ** 2 @ v @ ((new[1].T @ qr) ** 2).T
+    v = rotate(v, [(n.T @ q) ** 2 for n, q in zip(new, bases)], columns=True)
     bases = new
   return out
