@@ -524,13 +524,6 @@ def statistic_einsum(rank: int, axis: int) -> str:
   return f"z{lower},z{other}->z{lower[axis]}{upper[axis]}"
 
 
-def precondition_einsum(rank: int, axis: int) -> str:
-  """'nab,naA->nAb'-style: multiplies a block by a symmetric matrix on ``axis``."""
-  lower, upper = einsum_letters(rank)
-  out = lower[:axis] + upper[axis] + lower[axis + 1 :]
-  return f"z{lower},z{lower[axis]}{upper[axis]}->z{out}"
-
-
 @dataclasses.dataclass(frozen=True)
 class Layout:
   """The static, shape-setting settings of an optimizer: they pick the plan."""
