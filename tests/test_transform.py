@@ -163,7 +163,7 @@ def test_blocking_round_trip(rng, shape):
   np.testing.assert_array_equal(back, x)
 
 
-@pytest.mark.parametrize("shape", [(6, 5), (5, 7, 3), (3, 8, 4), (2, 3, 4, 5)])
+@pytest.mark.parametrize("shape", [(5, 7, 3), (2, 3, 4, 5)])
 def test_block_statistics_and_products_along_every_axis(rng, shape):
   """``blocking.statistic`` (each of its layouts: an outer axis, an inner axis
   batched over the axes before it, an inner axis larger than the axes after
