@@ -9,7 +9,8 @@ import optax
 import pytest
 
 import shampoo_optax
-from shampoo_optax import blocking, quantization
+from shampoo_optax import blocking, core, quantization
+from tests import reference
 from tests.reference import NumpyShampoo
 
 SHAPES = {"w1": (8, 6), "w2": (6, 4), "w3": (3, 4, 5), "b": (4,)}
@@ -170,31 +171,24 @@ def test_block_statistics_and_products_along_every_axis(rng, shape):
   it) and ``core.along_axes`` (each axis rotated to the front and out last),
   against float64 tensor contractions; a factor missing on one axis falls
   back to one product per factor."""
-  from shampoo_optax import core
-
   blocks = rng.standard_normal((3, *shape))
   x = jnp.asarray(blocks, jnp.float32)
   for axis in range(len(shape)):
-    others = [a + 1 for a in range(len(shape)) if a != axis]
-    want = np.stack([np.tensordot(b, b, ([a - 1 for a in others],) * 2) for b in blocks])
+    others = [a for a in range(len(shape)) if a != axis]
+    want = np.stack([np.tensordot(b, b, (others, others)) for b in blocks])
     np.testing.assert_allclose(blocking.statistic(x, axis), want, rtol=1e-5, atol=1e-5,
                                err_msg=f"axis {axis}")
   mats = [rng.standard_normal((3, d, d)) for d in shape]
+  factors = [(a, jnp.asarray(m, jnp.float32)) for a, m in enumerate(mats)]
   for transpose in (True, False):
-    want = blocks
-    for axis, m in enumerate(mats):  # x times M^T (transpose) or M along the axis
-      want = np.stack([np.moveaxis(np.tensordot(b, mm, (axis, 0 if transpose else 1)), -1, axis)
-                       for b, mm in zip(want, m)])
-    factors = [(a, jnp.asarray(m, jnp.float32)) for a, m in enumerate(mats)]
-    np.testing.assert_allclose(core.along_axes(x, factors, transpose), want,
-                               rtol=1e-4, atol=1e-4, err_msg=f"transpose={transpose}")
-    # Without a factor on the last axis: the same as multiplying along the others only.
-    partial = core.along_axes(x, factors[:-1], transpose)
-    want_partial = blocks
-    for axis, m in enumerate(mats[:-1]):
-      want_partial = np.stack([np.moveaxis(np.tensordot(b, mm, (axis, 0 if transpose else 1)),
-                                           -1, axis) for b, mm in zip(want_partial, m)])
-    np.testing.assert_allclose(partial, want_partial, rtol=1e-4, atol=1e-4)
+    for used in (len(shape), len(shape) - 1):  # every axis; the last without a factor
+      want = blocks
+      for axis, m in enumerate(mats[:used]):  # M^T x (transpose) or M x along the axis
+        want = np.stack([reference._along(b, mm, axis, columns=not transpose)
+                         for b, mm in zip(want, m)])
+      np.testing.assert_allclose(core.along_axes(x, factors[:used], transpose), want,
+                                 rtol=1e-4, atol=1e-4,
+                                 err_msg=f"transpose={transpose}, factors={used}")
 
 
 def test_block_norms_and_scaled_blocks_without_cutting(rng):
