@@ -43,6 +43,16 @@ def debiased_first_moment(mu: optax.Updates, grads: optax.Updates, b1, count: ja
   return bias_correction(mu, b1, count)
 
 
+def first_moment_coefficients(b1, count: jax.Array, nesterov: bool):
+  """``(a, b)`` with :func:`debiased_first_moment` ``= a mu + b g``, float32
+  scalars; ``b`` is ``None`` without Nesterov (``mu_hat = a mu``)."""
+  b1 = jnp.asarray(b1, jnp.float32)
+  t = count.astype(jnp.float32)
+  if not nesterov:
+    return 1 / (1 - jnp.power(b1, t)), None
+  return b1 / (1 - jnp.power(b1, t + 1)), (1 - b1) / (1 - jnp.power(b1, t))
+
+
 @dataclasses.dataclass(frozen=True)
 class MomentDtypes:
   """Storage dtypes of the first moment and the grafting second moment.

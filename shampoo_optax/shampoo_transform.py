@@ -320,9 +320,14 @@ def scale_by_shampoo(
     if not plan.stacks:
       return diagonal_step, mu, nu, groups
     leaves, treedef = jax.tree.flatten(diagonal_step)
-    inputs = {"grads": jax.tree.leaves(grads), "mu_hat": jax.tree.leaves(mu_hat)}
+    # mu, not mu_hat, is cut into blocks: mu_hat = a mu + b g is formed there
+    # (b = 0 without Nesterov), so no tree-layout mu_hat is written to be cut.
+    inputs = {"grads": jax.tree.leaves(grads), "mu": jax.tree.leaves(mu)}
     # The diagonal step is not cut into blocks: only its block norms are used.
-    scalars = {"b2": b2, "diagonal_step": leaves}
+    a, b = moments.first_moment_coefficients(b1, count, nesterov)
+    scalars = {"b2": b2, "diagonal_step": leaves, "mu_hat_a": a}
+    if b is not None:
+      scalars["mu_hat_b"] = b
     out, groups = shampoo_core.block_step(plan, inputs, groups, count, scalars, variant,
                                              like=grads)
     use_shampoo = count > start_preconditioning_step
@@ -340,8 +345,15 @@ def _precondition_and_graft(plan, blocks, roots, scalars, *, graft, orthogonaliz
   The graft's per-block scale is returned beside the stacks and applied to
   each parameter's slice of them as it is put back (``blocking.from_stacks``).
   """
+  a, b = scalars["mu_hat_a"], scalars.get("mu_hat_b")
   directions = []
-  for stack, x in zip(plan.stacks, blocks["mu_hat"]):
+  for stack, m, g in zip(plan.stacks, blocks["mu"], blocks["grads"]):
+    # Grafting rescales each block, so mu_hat's common factor a is dropped
+    # (Nesterov: mu + (b / a) g, b1 > 0) and applied only without a graft.
+    if b is None:
+      x = m if graft != "none" else a * m
+    else:
+      x = a * m + b * g
     x = core.along_axes(x, [(axis, roots[f]) for axis, f in stack.factors], transpose=True)
     directions.append(core.orthogonalize_blocks(x) if orthogonalize else x)
   if graft == "none":

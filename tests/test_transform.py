@@ -119,6 +119,34 @@ def test_graft_none_is_raw_shampoo_direction(rng, exponent):
   np.testing.assert_allclose(update["w"], want, rtol=1e-3, atol=1e-4)
 
 
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_graft_none_uses_debiased_momentum(rng, nesterov):
+  """Without a graft nothing rescales the direction, so mu_hat's bias
+  correction (optax.adam's, Nesterov's too) must be in it: two steps with
+  b1 = 0.9 against float64 by hand."""
+  params = random_tree(rng, {"w": (4, 4)})
+  grads_seq = [random_tree(rng, {"w": (4, 4)}) for _ in range(2)]
+  b1 = 0.9
+  tx = shampoo_optax.scale_by_shampoo(
+      block_size=4, graft="none", b1=b1, b2=1.0, matrix_eps=0.0, nesterov=nesterov,
+      start_preconditioning_step=0, precondition_every=1)
+  ours, _ = run_updates(tx, params, grads_seq)
+  g1, g2 = (np.asarray(g["w"], np.float64) for g in grads_seq)
+  mu = (1 - b1) * (b1 * g1 + g2)
+  if nesterov:
+    mu_hat = b1 * mu / (1 - b1**3) + (1 - b1) * g2 / (1 - b1**2)
+  else:
+    mu_hat = mu / (1 - b1**2)
+
+  def inv_sqrt(a):
+    w, v = np.linalg.eigh(a)
+    return (v / np.sqrt(w)) @ v.T
+
+  left = inv_sqrt(g1 @ g1.T + g2 @ g2.T)
+  right = inv_sqrt(g1.T @ g1 + g2.T @ g2)
+  np.testing.assert_allclose(ours[1]["w"], left @ mu_hat @ right, rtol=2e-3, atol=1e-4)
+
+
 def test_rmsprop_normalized_by_hand(rng):
   params = random_tree(rng, {"b": (5,)})
   grads_seq = [random_tree(rng, {"b": (5,)}) for _ in range(3)]
