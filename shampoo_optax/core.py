@@ -61,6 +61,9 @@ class Variant:
   # what is done with it after the refresh.
   change: factor_matrices.Change | None = None
   after_refresh: AfterRefresh | None = None
+  # Whether compute on a zero-padded factor matrix gives the padded result
+  # (Shampoo's roots; not SOAP's bases), so groups may share one computation.
+  pads: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,7 +175,7 @@ class Core:
     refresh = functools.partial(
         factor_matrices.refresh, plan, stats, count=count, compute=variant.compute,
         schedule=self.schedule, block_sharding=block_sharding, codec=self.codec,
-        precond_codec=self.precond_codec,
+        precond_codec=self.precond_codec, share=variant.pads,
         # Per-device work on simulated CPU devices: see factor_matrices.
         per_device=self.block_sharding.size > 1)
     if variant.refresh_first:

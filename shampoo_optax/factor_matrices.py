@@ -29,6 +29,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from shampoo_optax import blocking, moments, quantization
 
@@ -167,8 +168,14 @@ def refresh(plan: blocking.Plan, stats: tuple, precond: tuple, errors: tuple,
             failures: tuple, count: jax.Array, *, compute: Compute, schedule: Schedule,
             block_sharding, codec: quantization.Codec,
             precond_codec: quantization.Codec, per_device: bool = False,
-            change: Change | None = None) -> tuple:
-  """Recomputes the preconditioners that are due at step ``count``, group by group.
+            change: Change | None = None, share: bool = False) -> tuple:
+  """Recomputes the preconditioners that are due at step ``count``.
+
+  Group by group; with ``share`` (for a ``compute`` whose result on a
+  zero-padded statistic is the padded result, as Shampoo's roots are), the
+  groups of one exponent that :func:`shared_computations` bundles take one
+  ``compute`` together, their due statistics zero-padded to the largest
+  size: one root computation to compile instead of one per group.
 
   Returns ``(precond, errors, failures, changes)``: ``changes`` is, with
   ``change``, the :class:`Changes` of each group, computed in the refresh
@@ -181,12 +188,17 @@ def refresh(plan: blocking.Plan, stats: tuple, precond: tuple, errors: tuple,
   """
   if per_device:
     compute = _one_matrix_at_a_time_on_cpu(compute)
-  out = []
-  for group, s, p, e, n in zip(plan.groups, stats, precond, errors, failures):
-    refresh_group = functools.partial(
-        _refresh_group, dim=group.dim, exponent=group.exponent, compute=compute,
-        schedule=schedule, codec=codec, precond_codec=precond_codec, change=change)
-    out.append(block_sharding.map_blocks(refresh_group, (s, p, e, n), (count,)))
+  out: list = [None] * len(plan.groups)
+  bundles = ([[g] for g in range(len(plan.groups))] if change is not None or not share
+             else shared_computations(plan.groups, [codec.num_matrices(x) for x in stats]))
+  for bundle in bundles:
+    refresh_bundle = functools.partial(
+        _refresh_bundle, dims=tuple(plan.groups[g].dim for g in bundle),
+        exponent=plan.groups[bundle[0]].exponent, compute=compute, schedule=schedule,
+        codec=codec, precond_codec=precond_codec, change=change)
+    parts = tuple(tuple(x[g] for g in bundle) for x in (stats, precond, errors, failures))
+    for g, o in zip(bundle, block_sharding.map_blocks(refresh_bundle, parts, (count,))):
+      out[g] = o
   changes = None if change is None else tuple(Changes(*o[3:]) for o in out)
   if not out:
     return (), (), (), changes
@@ -240,32 +252,70 @@ def due_rows(schedule: Schedule, count: jax.Array, n: int,
   return jnp.arange(n), jnp.broadcast_to(due, (n,))
 
 
-def _refresh_group(stats, precond, errors, failures, count, device, *, dim, exponent, compute,
-                   schedule, codec, precond_codec, change=None):
-  """One group (or one device's rows of it): refresh the rows that are due.
+# A group joins the shared root computation of a larger size when computing
+# its statistics at that size adds at most this fraction to the computation's
+# cost (~ d^3 per statistic).
+_SHARE_OVERHEAD = 0.25
 
-  With ``change``, also the refreshed rows (as group rows: ``device * n``
-  added), whether each changed, and its ``change``.
+
+def shared_computations(groups, rows: list[int]) -> list[list[int]]:
+  """Which groups' due statistics are computed together (see ``refresh``).
+
+  Per exponent, from the largest size ``D`` down, a group of size ``d`` joins
+  the bundle while what padding adds, ``rows (D^3 - d^3)`` summed over the
+  bundle, stays within ``_SHARE_OVERHEAD`` of what the bundle's groups cost
+  apart (``rows d^3`` summed); a group that does not fit starts the next
+  bundle. Each bundle lists its largest group first.
   """
-  n = codec.num_matrices(stats)  # this device's rows
-  rows, due = due_rows(schedule, count, n, device * n)  # rows past n: dropped
-  update = functools.partial(_update_rows, dim=dim, exponent=exponent, count=count,
+  bundles: list[list[int]] = []
+  for exponent in sorted({g.exponent for g in groups}):
+    order = sorted((i for i, g in enumerate(groups) if g.exponent == exponent),
+                   key=lambda i: -groups[i].dim)
+    bundle, added, apart = [], 0, 0
+    for i in order:
+      d = groups[i].dim
+      extra = rows[i] * (groups[bundle[0]].dim ** 3 - d**3) if bundle else 0
+      if bundle and added + extra > _SHARE_OVERHEAD * (apart + rows[i] * d**3):
+        bundles.append(bundle)
+        bundle, added, apart, extra = [], 0, 0, 0
+      bundle.append(i)
+      added += extra
+      apart += rows[i] * d**3
+    bundles.append(bundle)
+  return sorted(bundles)
+
+
+def _refresh_bundle(stats, precond, errors, failures, count, device, *, dims, exponent,
+                    compute, schedule, codec, precond_codec, change=None):
+  """Groups (or one device's rows of them) that share one ``compute``:
+  refresh the rows that are due. One group each with ``change``.
+
+  Returns per group its new (precond, errors, failures); with ``change``,
+  also the refreshed rows (as group rows: ``device * n`` added), whether each
+  changed, and its ``change``.
+  """
+  ns = [codec.num_matrices(s) for s in stats]  # this device's rows
+  due = [due_rows(schedule, count, n, device * n) for n in ns]  # rows past n: dropped
+  rows = tuple(r for r, _ in due)
+  update = functools.partial(_update_rows, dims=dims, exponent=exponent, count=count,
                              compute=compute, dense=schedule.dense, codec=codec,
                              precond_codec=precond_codec, change=change)
-  keep = functools.partial(_keep, dim=dim, change=change)
-  out = jax.lax.cond(jnp.any(due), update, keep, stats, precond, errors, failures, rows)
+  keep = functools.partial(_keep, dims=dims, change=change)
+  any_due = functools.reduce(jnp.logical_or, [jnp.any(d) for _, d in due])
+  out = jax.lax.cond(any_due, update, keep, stats, precond, errors, failures, rows)
   if change is None:
     return out
-  precond, errors, failures, changed, values = out
-  return precond, errors, failures, rows + device * n, changed & (rows < n), values
+  ((precond, errors, failures, changed, values),) = out
+  ((r, n),) = zip(rows, ns)
+  return ((precond, errors, failures, r + device * n, changed & (r < n), values),)
 
 
-def _keep(stats, precond, errors, failures, rows, *, dim, change=None):
+def _keep(stats, precond, errors, failures, rows, *, dims, change=None):
   del stats
   if change is None:
-    return precond, errors, failures
-  return (precond, errors, failures, jnp.zeros(rows.shape, bool),
-          jnp.zeros((*rows.shape, dim, dim), jnp.float32))
+    return tuple(zip(precond, errors, failures))
+  ((p, e, f, r, d),) = zip(precond, errors, failures, rows, dims)
+  return ((p, e, f, jnp.zeros(r.shape, bool), jnp.zeros((*r.shape, d, d), jnp.float32)),)
 
 
 def _read(codec, stored, rows, d, dense, ridge=False):
@@ -286,12 +336,32 @@ def _read(codec, stored, rows, d, dense, ridge=False):
   return full
 
 
-def _update_rows(stats, precond, errors, failures, rows, *, dim, exponent, count, compute,
+def _update_rows(stats, precond, errors, failures, rows, *, dims, exponent, count, compute,
                  dense, codec, precond_codec, change=None):
-  """New preconditioners where they are good; the old ones (and a failure) elsewhere."""
-  s = _read(codec, stats, rows, dim, dense, ridge=True)
-  old = _read(precond_codec, precond, rows, dim, dense)
-  new, error, ok = compute(s, old, exponent, count)
+  """Per group, new preconditioners where they are good; the old ones (and a
+  failure) elsewhere. Groups smaller than the first are zero-padded to its
+  size for one ``compute``, and their results cut back."""
+  s = [_read(codec, x, r, d, dense, ridge=True) for x, r, d in zip(stats, rows, dims)]
+  old = [_read(precond_codec, x, r, d, dense) for x, r, d in zip(precond, rows, dims)]
+  if len(dims) == 1:
+    results = [compute(s[0], old[0], exponent, count)]
+  else:
+    size = dims[0]
+    pad = lambda x, d: jnp.pad(x, ((0, 0), (0, size - d), (0, size - d)))  # noqa: E731
+    new, error, ok = compute(jnp.concatenate([pad(x, d) for x, d in zip(s, dims)]),
+                             jnp.concatenate([pad(x, d) for x, d in zip(old, dims)]),
+                             exponent, count)
+    ends = np.cumsum([x.shape[0] for x in s])
+    results = [(n[:, :d, :d], e, o) for n, e, o, d in
+               zip(*(jnp.split(x, ends[:-1]) for x in (new, error, ok)), dims)]
+  return tuple(
+      _write_rows(*args, r, dim=d, dense=dense, precond_codec=precond_codec, change=change)
+      for args, r, d in zip(zip(s, old, results, precond, errors, failures), rows, dims))
+
+
+def _write_rows(s, old, result, precond, errors, failures, rows, *, dim, dense, precond_codec,
+                change):
+  new, error, ok = result
   # A statistic that is still zero (no gradient reached it) keeps its
   # preconditioner without counting a failure.
   seen = jnp.any(s != 0, axis=(-2, -1))

@@ -66,6 +66,28 @@ def test_default_shampoo_matches_staggered_reference(rng, k):
   _compare(_updates(tx, params, grads_seq), ref, grads_seq, SHAPES)
 
 
+# Ten statistics of size 8 (a's five 8 x 8 blocks) and two of size 4 (b): two
+# groups, whose due statistics share one root computation, b's zero-padded to 8.
+SHARED_SHAPES = {"a": (8, 40), "b": (4, 4)}
+
+
+@pytest.mark.parametrize("stagger", [True, False])
+def test_groups_sharing_a_root_computation_match_reference(rng, stagger):
+  """Roots of two sizes computed together (the smaller zero-padded, the result
+  cut back) are each group's own roots, refreshed on each group's schedule."""
+  from shampoo_optax import blocking, factor_matrices
+  plan = blocking.Layout(8, 8, 4096, 2, 1).plan_shapes(list(SHARED_SHAPES.values()))
+  assert [g.dim for g in plan.groups] == [8, 4]
+  assert factor_matrices.shared_computations(plan.groups, [10, 2]) == [[0, 1]]
+  params = _tree(rng, SHARED_SHAPES)
+  grads_seq = [_tree(rng, SHARED_SHAPES) for _ in range(9)]
+  tx = shampoo_optax.shampoo(LR, block_size=8, precondition_every=3,
+                             stagger_root_refresh=stagger)
+  ref = reference.NumpyShampoo(list(SHARED_SHAPES.values()), block_size=8, precondition_every=3,
+                               learning_rate=LR, stagger=stagger, **DEFAULTS)
+  _compare(_updates(tx, params, grads_seq), ref, grads_seq, SHARED_SHAPES)
+
+
 def test_newton_roots_match_eigh_roots_in_the_optimizer(rng):
   """'newton' (the default on accelerators) and 'eigh' (on CPU) give the same
   updates, step after step, on statistics a ridge keeps well-conditioned."""
