@@ -348,8 +348,8 @@ def _precondition_and_graft(plan, blocks, roots, scalars, *, graft, orthogonaliz
   a, b = scalars["mu_hat_a"], scalars.get("mu_hat_b")
   directions = []
   for stack, m, g in zip(plan.stacks, blocks["mu"], blocks["grads"]):
-    # Grafting rescales each block, so mu_hat's common factor a is dropped
-    # (Nesterov: mu + (b / a) g, b1 > 0) and applied only without a graft.
+    # mu_hat = a mu (+ b g with Nesterov). Grafting rescales each block, so
+    # without Nesterov the common factor a is applied only without a graft.
     if b is None:
       x = m if graft != "none" else a * m
     else:
