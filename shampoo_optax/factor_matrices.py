@@ -190,7 +190,7 @@ def refresh(plan: blocking.Plan, stats: tuple, precond: tuple, errors: tuple,
     compute = _one_matrix_at_a_time_on_cpu(compute)
   out: list = [None] * len(plan.groups)
   bundles = ([[g] for g in range(len(plan.groups))] if change is not None or not share
-             else shared_computations(plan.groups, [codec.num_matrices(x) for x in stats]))
+             else shared_computations(plan.groups))
   for bundle in bundles:
     refresh_bundle = functools.partial(
         _refresh_bundle, dims=tuple(plan.groups[g].dim for g in bundle),
@@ -258,15 +258,18 @@ def due_rows(schedule: Schedule, count: jax.Array, n: int,
 _SHARE_OVERHEAD = 0.25
 
 
-def shared_computations(groups, rows: list[int]) -> list[list[int]]:
+def shared_computations(groups: tuple[blocking.Group, ...]) -> list[list[int]]:
   """Which groups' due statistics are computed together (see ``refresh``).
 
-  Per exponent, from the largest size ``D`` down, a group of size ``d`` joins
-  the bundle while what padding adds, ``rows (D^3 - d^3)`` summed over the
-  bundle, stays within ``_SHARE_OVERHEAD`` of what the bundle's groups cost
-  apart (``rows d^3`` summed); a group that does not fit starts the next
-  bundle. Each bundle lists its largest group first.
+  Per exponent, from the largest size ``D`` down, a group of ``rows``
+  statistics (its ``padded_size``) of size ``d`` joins the bundle while what
+  padding adds, ``rows (D^3 - d^3)`` summed over the bundle, stays within
+  ``_SHARE_OVERHEAD`` of what the bundle's groups cost apart (``rows d^3``
+  summed); a group that does not fit starts the next bundle. Each bundle
+  lists its largest group first. Decided from the plan alone, so a state
+  restored with other padding is bundled alike.
   """
+  rows = [g.padded_size for g in groups]
   bundles: list[list[int]] = []
   for exponent in sorted({g.exponent for g in groups}):
     order = sorted((i for i, g in enumerate(groups) if g.exponent == exponent),

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 import shampoo_optax
+from shampoo_optax import blocking, factor_matrices
 from tests import reference
 
 # Documented defaults of shampoo() (what the reference is told; the optimizer is not).
@@ -75,10 +76,9 @@ SHARED_SHAPES = {"a": (8, 40), "b": (4, 4)}
 def test_groups_sharing_a_root_computation_match_reference(rng, stagger):
   """Roots of two sizes computed together (the smaller zero-padded, the result
   cut back) are each group's own roots, refreshed on each group's schedule."""
-  from shampoo_optax import blocking, factor_matrices
   plan = blocking.Layout(8, 8, 4096, 2, 1).plan_shapes(list(SHARED_SHAPES.values()))
-  assert [g.dim for g in plan.groups] == [8, 4]
-  assert factor_matrices.shared_computations(plan.groups, [10, 2]) == [[0, 1]]
+  assert [(g.dim, g.padded_size) for g in plan.groups] == [(8, 10), (4, 2)]
+  assert factor_matrices.shared_computations(plan.groups) == [[0, 1]]
   params = _tree(rng, SHARED_SHAPES)
   grads_seq = [_tree(rng, SHARED_SHAPES) for _ in range(9)]
   tx = shampoo_optax.shampoo(LR, block_size=8, precondition_every=3,
