@@ -63,6 +63,7 @@ import json
 import math
 import os
 import pathlib
+import re
 import shlex
 import statistics
 import subprocess
@@ -219,6 +220,25 @@ def measure(args: argparse.Namespace, out: pathlib.Path) -> None:
       times.append(elapsed)
   stats = device.memory_stats() or {}
   peak = stats.get("peak_bytes_in_use")
+  if args.hlo_dir:
+    pathlib.Path(args.hlo_dir).mkdir(parents=True, exist_ok=True)
+  if args.profile:
+    result.update(phase="profile")
+    _write(out, result)
+
+    def steps(n, state):
+      for i in range(n):
+        state = step(*state, *data[i % len(data)])[:2]
+      return jax.block_until_ready(state)
+
+    try:
+      result["profile"], (params, opt_state) = profile(
+          steps, (params, opt_state), args.profile, step.as_text(),
+          keep=pathlib.Path(args.hlo_dir) / f"{name}.xplane.pb" if args.hlo_dir else None)
+    except Exception as e:  # noqa: BLE001  (a profiler that cannot start costs no figures)
+      result["profile"] = dict(error=f"{type(e).__name__}: {e}"[:300])
+  if args.hlo_dir:
+    (pathlib.Path(args.hlo_dir) / f"{name}.hlo.txt").write_text(step.as_text())
   result.update(
       phase="done", step_s=statistics.median(times), worst_step_s=max(times),
       step_times_s=times, peak_bytes=None if peak is None else int(peak),
@@ -228,12 +248,129 @@ def measure(args: argparse.Namespace, out: pathlib.Path) -> None:
   _write(out, result)
 
 
+_HLO_OP = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = .*?metadata=\{([^}]*)\}", re.M)
+_SOURCE = re.compile(r'source_file="([^"]*)" source_line=(\d+)')
+_FRAME = re.compile(r"stack_frame_id=(\d+)")
+_TABLE_ROW = re.compile(r'^(\d+) (?:"(.*)"|\{(.*)\})$')
+
+
+def _where(path: str, line: str | int) -> str:
+  """The package's files relative to the package, others by base name."""
+  name = path.split("shampoo_optax/")[-1] if "shampoo_optax/" in path else pathlib.Path(path).name
+  return f"{name}:{line}"
+
+
+def hlo_sources(hlo_text: str) -> dict[str, str]:
+  """``{instruction: "file.py:line"}`` from a compiled module's text: the line each op (a
+  fusion: its root's) was traced from (the innermost frame outside JAX that JAX records)."""
+  tables: dict[str, dict[int, str]] = {}
+  section = None
+  for line in hlo_text.splitlines():
+    if line in ("FileNames", "FunctionNames", "FileLocations", "StackFrames"):
+      section = line
+      tables[section] = {}
+    elif section and (row := _TABLE_ROW.match(line)):
+      tables[section][int(row.group(1))] = row.group(2) if row.group(2) is not None else (
+          row.group(3))
+    else:
+      section = None
+  field = lambda text, key: int(re.search(rf"{key}=(\d+)", text).group(1))  # noqa: E731
+  files, locations = tables.get("FileNames", {}), tables.get("FileLocations", {})
+  frames = {}
+  for frame_id, frame in tables.get("StackFrames", {}).items():
+    location = locations.get(field(frame, "file_location_id"), "")
+    if location:
+      frames[frame_id] = _where(files.get(field(location, "file_name_id"), "?"),
+                                field(location, "line"))
+  sources = {}
+  for name, metadata in _HLO_OP.findall(hlo_text):
+    if (found := _FRAME.search(metadata)) and int(found.group(1)) in frames:
+      sources[name] = frames[int(found.group(1))]
+    elif found := _SOURCE.search(metadata):
+      sources[name] = _where(*found.groups())
+  return sources
+
+
+def profile(run_steps: Callable[[int, Any], Any], state: Any, steps: int, hlo_text: str,
+            top: int = 20, keep: pathlib.Path | None = None) -> tuple[dict[str, Any], Any]:
+  """Traces ``run_steps(steps, state)`` with ``jax.profiler`` and sums the time of each compiled
+  op (GPU kernels where a device plane has them, else the host's XLA ops), attributed to the
+  source line it was traced from. Returns the summary (per step) and the new state."""
+  import jax  # noqa: PLC0415
+
+  with tempfile.TemporaryDirectory(prefix="trace_") as tmp:
+    with jax.profiler.trace(tmp):
+      state = run_steps(steps, state)
+    files = sorted(pathlib.Path(tmp).rglob("*.xplane.pb"))
+    if not files:
+      return dict(error="no trace written"), state
+    data = jax.profiler.ProfileData.from_file(str(files[-1]))
+    if keep is not None:
+      keep.write_bytes(files[-1].read_bytes())
+
+  def op_events(planes):
+    """(op, ns) of each op run; an op that encloses others on its line (a host's ``while`` or
+    ``conditional``) is left out, its ops counted instead."""
+    for plane in planes:
+      for line in plane.lines:
+        ops = []
+        for event in line.events:
+          stats = dict(event.stats)
+          if stats.get("hlo_op") and str(stats.get("hlo_module", "")).startswith("jit_"):
+            ops.append((event.start_ns, event.end_ns, str(stats["hlo_op"])))
+        ops.sort(key=lambda o: (o[0], -o[1]))
+        for i, (start, end, op) in enumerate(ops):
+          if i + 1 < len(ops) and ops[i + 1][0] < end:
+            continue  # the next op starts inside this one
+          yield op, end - start
+  planes = list(data.planes)
+  device = [p for p in planes if p.name.startswith("/device:") and "CPU" not in p.name]
+  events = list(op_events(device)) or list(op_events(p for p in planes
+                                                      if p.name.startswith("/host:")))
+  sources = hlo_sources(hlo_text)
+  by_op: dict[str, list[float]] = {}
+  by_source: dict[str, list[float]] = {}
+  for op, ns in events:
+    for table, key in ((by_op, op), (by_source, sources.get(op, "?"))):
+      entry = table.setdefault(key, [0.0, 0])
+      entry[0] += ns / 1e6 / steps
+      entry[1] += 1 / steps
+  ranked = lambda table: sorted(table.items(), key=lambda kv: -kv[1][0])  # noqa: E731
+  return dict(
+      steps=steps, on="device" if device and events else "host",
+      op_ms_per_step=sum(ms for ms, _ in by_op.values()),
+      ops_per_step=sum(n for _, n in by_op.values()),
+      top_ops=[[op, ms, n, sources.get(op, "?")] for op, (ms, n) in ranked(by_op)[:top]],
+      by_source=[[where, ms, n] for where, (ms, n) in ranked(by_source)[:top]],
+  ), state
+
+
+def profile_tables(rows: list[dict]) -> list[str]:
+  """Per optimizer traced (``--profile``): its ops' time by source line, and its top ops."""
+  tables = []
+  for r in rows:
+    prof = r.get("profile")
+    if not prof or "error" in prof:
+      continue
+    step_ms = 1e3 * r["step_s"] if _num(r, "step_s") else None
+    head = (f"{label(r['optimizer'])}: {prof['ops_per_step']:.0f} ops per step on the "
+            f"{prof['on']}, {prof['op_ms_per_step']:.2f} ms of op time per step"
+            + (f" (step {step_ms:.2f} ms)" if step_ms else "") + f", {prof['steps']} steps traced")
+    by_source = markdown(["source line", "ms/step", "ops/step"],
+                         [[w, f"{ms:.3f}", f"{n:.1f}"] for w, ms, n in prof["by_source"]])
+    top = markdown(["op", "ms/step", "calls/step", "source line"],
+                   [[o, f"{ms:.3f}", f"{n:.1f}", w] for o, ms, n, w in prof["top_ops"]])
+    tables.append(f"{head}\n\n{by_source}\n\n{top}")
+  return tables
+
+
 # ----------------------------------------------------------------------------------------------
 # The parent: one process per optimizer
 # ----------------------------------------------------------------------------------------------
 
 _MODEL_FLAGS = ("d_model", "layers", "heads", "seq_len", "batch", "block_size",
-                "precondition_every", "warmup", "steps", "learning_rate")
+                "precondition_every", "warmup", "steps", "learning_rate", "profile",
+                "hlo_dir")
 
 
 def run_one(name: str, args: argparse.Namespace, cap: float, workdir: pathlib.Path) -> dict:
@@ -243,7 +380,8 @@ def run_one(name: str, args: argparse.Namespace, cap: float, workdir: pathlib.Pa
   command = [sys.executable, str(pathlib.Path(__file__).resolve()), "--child", name,
              "--child-out", str(out)]
   for flag in _MODEL_FLAGS:
-    command += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
+    if getattr(args, flag) is not None:
+      command += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
   env = dict(os.environ)
   # The package from this checkout, unless PYTHONPATH already names one.
   env["PYTHONPATH"] = os.pathsep.join(p for p in (env.get("PYTHONPATH"), str(ROOT)) if p)
@@ -406,6 +544,8 @@ def parent(args: argparse.Namespace) -> None:
   if parts:
     print("\nShampoo's step in parts (medians; share = of the whole step named):\n")
     print(parts)
+  for table in profile_tables(ordered):
+    print(f"\nWhere the time goes (--profile), {table}")
   hostinfo.finish(run, args, device_kind=kind, params=params, rows=ordered)
   # A timeout or a skipped row is a figure on an accelerator (issue 12's SOAP), but in the CI
   # smoke run it means something hangs.
@@ -435,6 +575,12 @@ def build_parser() -> argparse.ArgumentParser:
                       "each optionally with options, as lm.py takes them: "
                       "shampoo+nesterov=True+precondition_every=3; adamw is always run, for "
                       "the ratios")
+  parser.add_argument("--profile", type=int, default=0, metavar="STEPS",
+                      help="also trace this many steps (after the timed ones) with jax.profiler "
+                      "and print each optimizer's op time by source line (default: off)")
+  parser.add_argument("--hlo-dir", default=None, metavar="DIR",
+                      help="also write each optimizer's compiled train step (HLO text) and, with "
+                      "--profile, its trace (xplane.pb) here")
   parser.add_argument("--tiny", action="store_true",
                       help="a tiny model for a CPU smoke run (CI); explicit flags override it")
   parser.add_argument("--json", metavar="PATH", default=None, help="also write results here")
