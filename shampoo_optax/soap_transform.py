@@ -131,7 +131,9 @@ def scale_by_soap(
       ``'auto'``: qr on TPUs, eigh on CPUs and GPUs (as Shampoo's roots; on
       an H200 SOAP with qr had not finished its first step in 60 s).
     stagger_basis_refresh: refresh ``1/precondition_every`` of the bases on
-      every step.
+      every step, with no ``jax.lax.cond``; with ``False`` all of them on every
+      ``precondition_every``-th step, under a ``cond`` (see
+      ``stagger_root_refresh`` of :func:`shampoo_optax.scale_by_shampoo`).
     mu_dtype: dtype of the first moment (``'int8'``: row-scaled int8, see
       :func:`shampoo_optax.scale_by_shampoo`; the default with
       ``statistics_dtype='int8'``).
@@ -202,7 +204,8 @@ def scale_by_soap(
       apply=functools.partial(_adam_in_eigenbasis, nesterov=nesterov,
                               orthogonalize=orthogonalize),
       outputs=("step", "nu"), refresh_first=False, change=_rotation_map,
-      after_refresh=_carry_second_moment)
+      after_refresh=functools.partial(_carry_second_moment,
+                                      conditional=not stagger_basis_refresh))
 
   def adam(grads, mu, nu, count):
     """Adam's step (mu already updated), for the leaves SOAP does not rotate."""
@@ -273,7 +276,7 @@ def _rotation_map(q_old: jax.Array, q_new: jax.Array) -> jax.Array:
   return jnp.square(p)
 
 
-def _carry_second_moment(plan, outputs, changes, count):
+def _carry_second_moment(plan, outputs, changes, count, *, conditional):
   """The second moment of each block whose basis was just refreshed, moved to the new basis.
 
   With ``P = Q_new^T Q_old``, coordinate ``a`` of a block in the new basis is
@@ -284,13 +287,20 @@ def _carry_second_moment(plan, outputs, changes, count):
   second moment of another direction (measured on the LM benchmark: without
   it SOAP lost 0.13 nats at 4/3 of its best learning rate; with it, nothing).
   Only the rows refreshed at this step whose basis changed are touched
-  (``1/precondition_every`` of them when staggered), under ``jax.lax.cond``.
-  ``changes`` (``factor_matrices.Changes`` per group) come from the refresh
-  itself, which computed each map from the rows it read and wrote.
+  (``1/precondition_every`` of them when staggered). ``changes``
+  (``factor_matrices.Changes`` per group) come from the refresh itself, which
+  computed each map from the rows it read and wrote.
+
+  ``conditional``: under ``jax.lax.cond`` on whether any basis changed (for
+  refreshes of every row every ``k`` steps). Staggered refreshes change some
+  bases on every step, so there it runs unconditionally: a GPU copies a
+  ``cond``'s predicate to the host and waits for it (factor_matrices.py).
   """
   del count
-  any_changed = jnp.any(jnp.stack([jnp.any(c.changed) for c in changes]))
   carry = functools.partial(_carry_changed, plan, changes=changes)
+  if not conditional:
+    return dict(outputs, nu=carry(outputs["nu"]))
+  any_changed = jnp.any(jnp.stack([jnp.any(c.changed) for c in changes]))
   return dict(outputs, nu=jax.lax.cond(any_changed, carry, lambda nu: nu, outputs["nu"]))
 
 

@@ -605,3 +605,55 @@ def test_sharing_a_padded_group_changes_nothing(rng):
     # layout's G G^T sums differently), updates of size ~1 to ~4e-6.
     for x, y in zip(together, alone):
       np.testing.assert_allclose(x[name], y[name], rtol=2e-4, atol=1e-5)
+
+
+def _refresh_fields(state):
+  """The refreshed part of a Shampoo or SOAP state: roots or bases, errors, failures."""
+  inner = state[0]
+  names = (("roots", "root_errors", "root_failures") if hasattr(inner, "roots")
+           else ("bases", "basis_errors", "basis_failures"))
+  return {n: getattr(inner, n) for n in names}
+
+
+@pytest.mark.parametrize("make", [shampoo_optax.shampoo, shampoo_optax.soap])
+@pytest.mark.parametrize("k", [1, 3])
+def test_staggered_refresh_writes_nothing_before_its_first_step(rng, make, k):
+  """The staggered refresh runs on every step without a cond: before its first
+  step (start - k + 1) nothing is written (rows not due are moved out of
+  range, or masked when every row is due), on it the due rows are."""
+  start = 9
+  first = start - k + 1
+  tx = make(0.1, block_size=8, precondition_every=k, start_preconditioning_step=start)
+  params = random_tree(rng)
+  state = tx.init(params)
+  update = jax.jit(tx.update)
+  initial = _refresh_fields(state)
+  for _ in range(first - 1):
+    _, state = update(random_tree(rng), state, params)
+  jax.tree.map(np.testing.assert_array_equal, _refresh_fields(state), initial)
+  _, state = update(random_tree(rng), state, params)
+  written = _refresh_fields(state)
+  first_field = next(iter(written))
+  changed = jax.tree.map(lambda a, b: bool(np.any(np.asarray(a) != np.asarray(b))),
+                         written[first_field], initial[first_field])
+  assert any(jax.tree.leaves(changed)), f"no {first_field} refreshed at step {first}"
+
+
+@pytest.mark.parametrize("make, stagger_flag", [
+    (shampoo_optax.shampoo, "stagger_root_refresh"),
+    (shampoo_optax.soap, "stagger_basis_refresh"),
+])
+def test_staggered_update_compiles_without_conditionals(rng, make, stagger_flag):
+  """With the default (staggered) refresh, the compiled update has no
+  ``conditional``: on a GPU, XLA copies a conditional's predicate to the host
+  and waits, so the host cannot queue the next step. Refreshing every row
+  every k steps keeps its conditional (skipping k - 1 steps of k)."""
+  params = random_tree(rng)
+
+  def conditionals(tx):
+    compiled = jax.jit(tx.update).lower(params, tx.init(params), params).compile()
+    return compiled.as_text().count(" conditional(")
+
+  assert conditionals(make(0.1, block_size=4, precondition_every=3)) == 0
+  assert conditionals(make(0.1, block_size=4, precondition_every=3,
+                           **{stagger_flag: False})) > 0
