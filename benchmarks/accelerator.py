@@ -267,47 +267,15 @@ def measure(args: argparse.Namespace, out: pathlib.Path) -> None:
 
 
 _HLO_OP = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = .*?metadata=\{([^}]*)\}", re.M)
-_HLO_NAME = re.compile(r"^\s*(?:ROOT )?%([\w.\-]+) = ", re.M)
-_SOURCE = re.compile(r'source_file="([^"]*)" source_line=(\d+)')
-_FRAME = re.compile(r"stack_frame_id=(\d+)")
-_TABLE_ROW = re.compile(r'^(\d+) (?:"(.*)"|\{(.*)\})$')
-
-
-def _where(path: str, line: str | int) -> str:
-  """The package's files relative to the package, others by base name."""
-  name = path.split("shampoo_optax/")[-1] if "shampoo_optax/" in path else pathlib.Path(path).name
-  return f"{name}:{line}"
-
-
 def hlo_sources(hlo_text: str) -> dict[str, str]:
-  """``{instruction: "file.py:line"}`` from a compiled module's text: the line each op (a
-  fusion: its root's) was traced from (the innermost frame outside JAX that JAX records)."""
-  tables: dict[str, dict[int, str]] = {}
-  section = None
-  for line in hlo_text.splitlines():
-    if line in ("FileNames", "FunctionNames", "FileLocations", "StackFrames"):
-      section = line
-      tables[section] = {}
-    elif section and (row := _TABLE_ROW.match(line)):
-      tables[section][int(row.group(1))] = row.group(2) if row.group(2) is not None else (
-          row.group(3))
-    else:
-      section = None
-  field = lambda text, key: int(re.search(rf"{key}=(\d+)", text).group(1))  # noqa: E731
-  files, locations = tables.get("FileNames", {}), tables.get("FileLocations", {})
-  frames = {}
-  for frame_id, frame in tables.get("StackFrames", {}).items():
-    location = locations.get(field(frame, "file_location_id"), "")
-    if location:
-      frames[frame_id] = _where(files.get(field(location, "file_name_id"), "?"),
-                                field(location, "line"))
-  sources = {}
-  for name, metadata in _HLO_OP.findall(hlo_text):
-    if (found := _FRAME.search(metadata)) and int(found.group(1)) in frames:
-      sources[name] = frames[int(found.group(1))]
-    elif found := _SOURCE.search(metadata):
-      sources[name] = _where(*found.groups())
-  return sources
+  """``{instruction: "dir/file.py:line"}`` for every instruction of a compiled module: the line
+  each op (a fusion: its root's) was traced from, "?" where its metadata names none (parsed as
+  ``update_cost.py`` parses it)."""
+  import update_cost  # noqa: PLC0415  (imports jax: in the child only)
+
+  module = update_cost.parse_hlo(hlo_text)
+  return {ins["name"]: update_cost.source_location(module, ins["line"]) or "?"
+          for instructions in module["computations"].values() for ins in instructions}
 
 
 def profile(run_steps: Callable[[int, Any], Any], state: Any, steps: int, hlo_text: str,
@@ -348,7 +316,7 @@ def profile(run_steps: Callable[[int, Any], Any], state: Any, steps: int, hlo_te
           yield op, end - start
   sources = hlo_sources(hlo_text)
   # A GPU kernel is named after its fusion with "." and "-" as "_" (library calls keep theirs).
-  kernels = {re.sub(r"[.\-]", "_", op): op for op in _HLO_NAME.findall(hlo_text)}
+  kernels = {re.sub(r"[.\-]", "_", op): op for op in sources}
   planes = list(data.planes)
   device = [p for p in planes if p.name.startswith("/device:") and "CPU" not in p.name]
   events = list(op_events(device, nested=False)) or list(

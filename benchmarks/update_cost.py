@@ -27,8 +27,12 @@ request), only through the package's public API (``shampoo_optax.shampoo`` / ``s
 - the same counts split into "outside" and "in conditional branches": an instruction is in a
   branch if its computation is a branch of a ``conditional`` (``branch_computations={...}`` or
   ``true_computation=`` / ``false_computation=``) or is called, at any depth, from one. In
-  ``shampoo`` and ``soap`` the conditionals are the root/basis refresh (skipped on steps where no
-  row of a group is due); issue 12's target is no gather or scatter outside them.
+  ``shampoo`` and ``soap`` with ``stagger_*_refresh=False`` the conditionals are the root/basis
+  refresh (skipped on steps where no row is due); the staggered default has none since fe579ad
+  (some rows are due on every step, and a GPU waits on a conditional's predicate).
+- gathers and scatters by the source line that emitted them: issue 12's target is none outside
+  the refresh (the due rows' reads and writes: ``factor_matrices.py``, ``quantization.py``;
+  SOAP's second-moment carry, ``soap_transform.py``).
 - compile seconds: ``lower`` (tracing included) + ``compile``.
 - with ``--top N``: the N instructions with the most bytes, estimated from the shapes in the HLO
   text (result + operands of each kernel-level instruction, i.e. not inside a fused
@@ -468,6 +472,10 @@ def measure(name: str, params: Any, args: argparse.Namespace) -> dict[str, Any]:
       estimated_bytes=sum(r["bytes"] for r in top),
       estimated_bytes_in_branches=sum(r["bytes"] for r in top if r["in_branch"]),
       used_bytes=sum(r["used_bytes"] for r in top),
+      gather_scatter_sources=dict(Counter(
+          f"{ins['opcode']} {source_location(module, ins['line']) or '?'}"
+          for instructions in module["computations"].values() for ins in instructions
+          if ins["opcode"] in ("gather", "scatter"))),
       top=top[:max(args.top, 0)], top_sources=bytes_by_source(top)[:max(args.top, 0)])
 
 
@@ -546,6 +554,11 @@ def print_tables(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
           *(f"{r['ops']['outside'][k]} / {r['ops']['in_branches'][k]}" for k in keys),
           f"{(r['estimated_bytes'] - r['estimated_bytes_in_branches']) / 1e9:.3f} / "
           f"{r['estimated_bytes_in_branches'] / 1e9:.3f}"] for r in ok]))
+  for r in ok:
+    if r["gather_scatter_sources"]:
+      where = ", ".join(f"{k} x{n}" for k, n in sorted(r["gather_scatter_sources"].items()))
+      print(f"\n{r['optimizer']}: gathers and scatters by the source line they come from: "
+            f"{where}")
   for r in ok:
     if not r["top"]:
       continue
