@@ -27,9 +27,10 @@ request), only through the package's public API (``shampoo_optax.shampoo`` / ``s
 - the same counts split into "outside" and "in conditional branches": an instruction is in a
   branch if its computation is a branch of a ``conditional`` (``branch_computations={...}`` or
   ``true_computation=`` / ``false_computation=``) or is called, at any depth, from one. In
-  ``shampoo`` and ``soap`` with ``stagger_*_refresh=False`` the conditionals are the root/basis
-  refresh (skipped on steps where no row is due); the staggered default has none since fe579ad
-  (some rows are due on every step, and a GPU waits on a conditional's predicate).
+  ``shampoo`` and ``soap`` the conditionals are the root/basis refresh (skipped on steps where
+  no row is due). A GPU waits on a conditional's predicate, so there the staggered default has
+  none; ``--refresh-as gpu`` (the default) compiles it so here too, ``--refresh-as backend`` as
+  this backend would (a CPU keeps the conditionals).
 - gathers and scatters by the source line that emitted them: issue 12's target is none outside
   the refresh (the due rows' reads and writes: ``factor_matrices.py``, ``quantization.py``;
   SOAP's second-moment carry, ``soap_transform.py``).
@@ -599,6 +600,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help=f"comma-separated (default {','.join(DEFAULT_OPTIMIZERS)}; with "
                       f"--tiny {','.join(TINY_OPTIMIZERS)}; also soap_eigh, soap_qr, google); "
                       "adamw is added first if missing, for the ratios")
+  parser.add_argument("--refresh-as", choices=("gpu", "backend"), default="gpu",
+                      help="compile the staggered refresh as for a GPU, without lax.cond (the "
+                      "default: this script stands in for a GPU's memory traffic), or as this "
+                      "backend does (on CPU: under lax.cond); see factor_matrices.STAGGERED_COND")
   parser.add_argument("--no-branch-split", dest="branch_split", action="store_false",
                       help="do not print op counts split into outside / in conditional branches")
   parser.add_argument("--top", type=int, default=0, metavar="N",
@@ -624,13 +629,18 @@ def main(argv: Sequence[str] | None = None) -> None:
   names = [n for n in args.optimizers.split(",") if n]
   if "adamw" not in names:
     names.insert(0, "adamw")
+  if args.refresh_as == "gpu":
+    from shampoo_optax import factor_matrices  # noqa: PLC0415
+
+    factor_matrices.STAGGERED_COND = False
   run = hostinfo.start()
   params, vocab = param_tree(args)
   num_params = sum(leaf.size for leaf in jax.tree.leaves(params))
   print(f"CharTransformer d_model {args.d_model}, {args.layers} layers, {args.heads} heads, "
         f"seq_len {args.seq_len}, vocab {vocab}: {num_params / 1e6:.2f}M float32 parameters; "
         f"block_size {args.block_size}, precondition_every {args.precondition_every}; "
-        f"shampoo_optax from {pathlib.Path(shampoo_optax.__file__).parent}", flush=True)
+        f"shampoo_optax from {pathlib.Path(shampoo_optax.__file__).parent}; staggered refresh "
+        f"compiled as for {'a GPU' if args.refresh_as == 'gpu' else 'this backend'}", flush=True)
   rows = []
   for name in names:
     try:

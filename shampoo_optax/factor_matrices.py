@@ -17,12 +17,15 @@ writes whole; and the same rows whatever the mesh, so that sharded and
 single-device runs agree.
 Without it, every row on every ``k``-th step, under ``jax.lax.cond``.
 
-A staggered refresh has rows due on every step from ``t0`` (and none before),
-so it runs unconditionally, rows that are not due read as zeros and written
-nowhere: no ``jax.lax.cond`` on the per-step path. (XLA's GPU backend copies a
-``cond``'s predicate to the host and waits for it, so the host cannot queue the
-next step while the device runs this one; measured on an H200, that stall
-added 2-4 ms to each step of a loop that does not block per step.)
+On GPUs a staggered refresh runs without a ``jax.lax.cond``: XLA's GPU backend
+copies a ``cond``'s predicate to the host and waits for it, so the host cannot
+queue the next step while the device runs this one (measured on an H200: 2-4
+ms of idle device before each step of a loop that does not block per step).
+Rows that are not due are moved out of range: read as zeros, written nowhere.
+CPUs run a ``cond`` in line and TPUs on the device, so there the refresh of a
+group stays under one and is skipped on the steps when none of its rows is
+due (a group of fewer than ``2k`` rows has such steps; computed anyway, their
+zero rows made SOAP's CPU step 8% slower on the LM benchmark).
 """
 
 from __future__ import annotations
@@ -236,6 +239,20 @@ def _one_matrix_at_a_time_on_cpu(compute: Compute) -> Compute:
   return wrapped
 
 
+# Whether a staggered refresh runs under jax.lax.cond: None, by platform (not
+# on GPUs, see above); True / False: on every platform (tests use both).
+STAGGERED_COND: bool | None = None
+
+
+def by_platform(args: tuple, *, with_cond: Callable, without_cond: Callable):
+  """``without_cond(*args)`` when compiled for a GPU, ``with_cond(*args)``
+  elsewhere (see ``STAGGERED_COND``)."""
+  if STAGGERED_COND is not None:
+    return (with_cond if STAGGERED_COND else without_cond)(*args)
+  return jax.lax.platform_dependent(*args, cuda=without_cond, rocm=without_cond,
+                                    default=with_cond)
+
+
 def due_rows(schedule: Schedule, count: jax.Array, n: int,
              row_offset: jax.typing.ArrayLike = 0) -> tuple[jax.Array, jax.Array]:
   """The rows (of ``n``) whose preconditioners are refreshed at step ``count``.
@@ -307,19 +324,26 @@ def _refresh_bundle(stats, precond, errors, failures, count, device, *, dims, ex
   update = functools.partial(_update_rows, dims=dims, exponent=exponent, count=count,
                              compute=compute, dense=schedule.dense, codec=codec,
                              precond_codec=precond_codec, change=change)
-  if schedule.stagger and not schedule.dense:
+  keep = functools.partial(_keep, dims=dims, change=change)
+  any_due = functools.reduce(jnp.logical_or, [jnp.any(d) for _, d in due])
+
+  def with_cond(stats, precond, errors, failures, rows):
+    return jax.lax.cond(any_due, update, keep, stats, precond, errors, failures, rows)
+
+  def without_cond(stats, precond, errors, failures, rows):
+    if schedule.dense:  # every row on every step from t0
+      return update(stats, precond, errors, failures, rows, live=due[0][1][0])
     # Rows not due moved past the end (by 2n, which keeps pairs together): they
     # read as zeros and are written nowhere.
-    rows = tuple(jnp.where(d, r, r + 2 * n) for (r, d), n in zip(due, ns))
-    out = update(stats, precond, errors, failures, rows)
-  elif schedule.stagger:  # every row on every step from t0
-    rows = tuple(r for r, _ in due)
-    out = update(stats, precond, errors, failures, rows, live=due[0][1][0])
+    rows = tuple(jnp.where(d, r, r + 2 * n) for r, (_, d), n in zip(rows, due, ns))
+    return update(stats, precond, errors, failures, rows)
+
+  rows = tuple(r for r, _ in due)
+  args = (stats, precond, errors, failures, rows)
+  if schedule.stagger:
+    out = by_platform(args, with_cond=with_cond, without_cond=without_cond)
   else:
-    rows = tuple(r for r, _ in due)
-    keep = functools.partial(_keep, dims=dims, change=change)
-    any_due = functools.reduce(jnp.logical_or, [jnp.any(d) for _, d in due])
-    out = jax.lax.cond(any_due, update, keep, stats, precond, errors, failures, rows)
+    out = with_cond(*args)
   if change is None:
     return out
   ((precond, errors, failures, changed, values),) = out

@@ -206,9 +206,9 @@ def scale_by_shampoo(
       Newton and ~1 ms with eigh, at equal accuracy for the conditions the
       ``matrix_eps`` ridge allows; ``benchmarks/roots.py``).
     stagger_root_refresh: refresh ``1/precondition_every`` of the roots on
-      every step, so that no step pays for all of them, with no
-      ``jax.lax.cond`` (on a GPU a ``cond`` makes the host wait for the
-      device); with ``False`` all roots are refreshed together on every
+      every step, so that no step pays for all of them (on GPUs with no
+      ``jax.lax.cond``, which makes the host wait for the device there);
+      with ``False`` all roots are refreshed together on every
       ``precondition_every``-th step, under a ``cond``. Either way each root is at most
       ``precondition_every`` steps old, and all roots are ready on the first
       preconditioned step when ``start_preconditioning_step >=

@@ -131,7 +131,7 @@ def scale_by_soap(
       ``'auto'``: qr on TPUs, eigh on CPUs and GPUs (as Shampoo's roots; on
       an H200 SOAP with qr had not finished its first step in 60 s).
     stagger_basis_refresh: refresh ``1/precondition_every`` of the bases on
-      every step, with no ``jax.lax.cond``; with ``False`` all of them on every
+      every step (on GPUs with no ``jax.lax.cond``); with ``False`` all of them on every
       ``precondition_every``-th step, under a ``cond`` (see
       ``stagger_root_refresh`` of :func:`shampoo_optax.scale_by_shampoo`).
     mu_dtype: dtype of the first moment (``'int8'``: row-scaled int8, see
@@ -205,7 +205,7 @@ def scale_by_soap(
                               orthogonalize=orthogonalize),
       outputs=("step", "nu"), refresh_first=False, change=_rotation_map,
       after_refresh=functools.partial(_carry_second_moment,
-                                      conditional=not stagger_basis_refresh))
+                                      staggered=stagger_basis_refresh))
 
   def adam(grads, mu, nu, count):
     """Adam's step (mu already updated), for the leaves SOAP does not rotate."""
@@ -276,7 +276,7 @@ def _rotation_map(q_old: jax.Array, q_new: jax.Array) -> jax.Array:
   return jnp.square(p)
 
 
-def _carry_second_moment(plan, outputs, changes, count, *, conditional):
+def _carry_second_moment(plan, outputs, changes, count, *, staggered):
   """The second moment of each block whose basis was just refreshed, moved to the new basis.
 
   With ``P = Q_new^T Q_old``, coordinate ``a`` of a block in the new basis is
@@ -291,17 +291,22 @@ def _carry_second_moment(plan, outputs, changes, count, *, conditional):
   (``factor_matrices.Changes`` per group) come from the refresh itself, which
   computed each map from the rows it read and wrote.
 
-  ``conditional``: under ``jax.lax.cond`` on whether any basis changed (for
-  refreshes of every row every ``k`` steps). Staggered refreshes change some
-  bases on every step, so there it runs unconditionally: a GPU copies a
-  ``cond``'s predicate to the host and waits for it (factor_matrices.py).
+  Under ``jax.lax.cond`` on whether any basis changed, except for staggered
+  refreshes (``staggered``) on GPUs, which copy a ``cond``'s predicate to the
+  host and wait for it (see factor_matrices.py); staggered refreshes change
+  some bases on most steps.
   """
   del count
   carry = functools.partial(_carry_changed, plan, changes=changes)
-  if not conditional:
-    return dict(outputs, nu=carry(outputs["nu"]))
   any_changed = jnp.any(jnp.stack([jnp.any(c.changed) for c in changes]))
-  return dict(outputs, nu=jax.lax.cond(any_changed, carry, lambda nu: nu, outputs["nu"]))
+
+  def with_cond(nu):
+    return jax.lax.cond(any_changed, carry, lambda nu: nu, nu)
+
+  if not staggered:
+    return dict(outputs, nu=with_cond(outputs["nu"]))
+  return dict(outputs, nu=factor_matrices.by_platform(
+      (outputs["nu"],), with_cond=with_cond, without_cond=carry))
 
 
 def _carry_changed(plan, nu_stacks, *, changes):

@@ -9,7 +9,7 @@ import optax
 import pytest
 
 import shampoo_optax
-from shampoo_optax import quantization
+from shampoo_optax import factor_matrices, quantization
 from tests.test_transform import assert_trees_close, random_tree, run_updates
 
 SHAPES = {"w": (12, 8), "v": (8, 6), "b": (6,)}
@@ -51,7 +51,7 @@ def numpy_soap(grads_seq, b1, b2, eps, lr):
   return out
 
 
-def test_matches_numpy_reference(rng):
+def test_matches_numpy_reference(rng, staggered_cond):
   # (6, 5): after one gradient L has a 1-D null space, whose eigenvector is
   # unique up to sign (a larger null space would have an arbitrary basis, and
   # Adam's elementwise step is not invariant to it).
@@ -144,7 +144,7 @@ def test_invalid_arguments():
 
 
 @pytest.mark.parametrize("stagger", [True, False])
-def test_second_moment_carried_into_refreshed_bases_only(rng, stagger):
+def test_second_moment_carried_into_refreshed_bases_only(rng, stagger, staggered_cond):
   """The refresh's per-row rotation maps and the gather/scatter of the
   refreshed blocks' second moments, against a plain loop over every block:
   blocks whose basis is due and changed get ``(P * P) v`` along that axis
@@ -190,7 +190,7 @@ def test_second_moment_carried_into_refreshed_bases_only(rng, stagger):
         schedule=schedule, block_sharding=sharding_lib.BlockSharding(), codec=stats_codec,
         precond_codec=codec, change=soap_transform._rotation_map)
     got = soap_transform._carry_second_moment(plan, {"nu": stacks}, changes,
-                                              jnp.asarray(count), conditional=not stagger)["nu"]
+                                              jnp.asarray(count), staggered=stagger)["nu"]
     for stack, before, after in zip(plan.stacks, stacks, got):
       want = np.array(before)
       for axis, index in stack.factors:
@@ -230,3 +230,21 @@ def test_carried_second_moment_keeps_small_values():
   np.testing.assert_array_equal(state.bases[0], np.broadcast_to(np.eye(2), (2, 2, 2)))
   want = 0.9 * np.asarray([[1.0, 1.0], [1e-12, 1e-12]], np.float32)
   np.testing.assert_allclose(state.nu["w"], want, rtol=1e-6)
+
+
+def test_staggered_refresh_with_and_without_cond_agree(rng, monkeypatch):
+  """SOAP's staggered refresh and second-moment carry give the same updates
+  under ``jax.lax.cond`` (CPUs, TPUs) and without it (GPUs), through the steps
+  before the first refresh, the first cycle (eigh) and later ones."""
+  shapes = {"b": (6,), "m": (12, 8), "t": (3, 8, 4)}
+  params = random_tree(rng, shapes)
+  grads_seq = [random_tree(rng, shapes) for _ in range(12)]
+  runs = []
+  for cond in (True, False):
+    monkeypatch.setattr(factor_matrices, "STAGGERED_COND", cond)
+    tx = shampoo_optax.soap(0.01, block_size=4, precondition_every=3,
+                            start_preconditioning_step=5)
+    runs.append(run_updates(tx, params, grads_seq)[0])
+  for t, (a, b) in enumerate(zip(*runs), start=1):
+    for k in shapes:
+      np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-7, err_msg=f"step {t} {k}")

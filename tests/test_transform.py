@@ -9,7 +9,7 @@ import optax
 import pytest
 
 import shampoo_optax
-from shampoo_optax import blocking, core, quantization
+from shampoo_optax import blocking, core, factor_matrices, quantization
 from tests import reference
 from tests.reference import NumpyShampoo
 
@@ -617,10 +617,10 @@ def _refresh_fields(state):
 
 @pytest.mark.parametrize("make", [shampoo_optax.shampoo, shampoo_optax.soap])
 @pytest.mark.parametrize("k", [1, 3])
-def test_staggered_refresh_writes_nothing_before_its_first_step(rng, make, k):
-  """The staggered refresh runs on every step without a cond: before its first
-  step (start - k + 1) nothing is written (rows not due are moved out of
-  range, or masked when every row is due), on it the due rows are."""
+def test_staggered_refresh_writes_nothing_before_its_first_step(rng, make, k, staggered_cond):
+  """Before a staggered refresh's first step (start - k + 1) nothing is
+  written, on it the due rows are: under a cond, and without one (rows not due
+  moved out of range, or masked when every row is due)."""
   start = 9
   first = start - k + 1
   tx = make(0.1, block_size=8, precondition_every=k, start_preconditioning_step=start)
@@ -639,21 +639,46 @@ def test_staggered_refresh_writes_nothing_before_its_first_step(rng, make, k):
   assert any(jax.tree.leaves(changed)), f"no {first_field} refreshed at step {first}"
 
 
+@pytest.mark.parametrize("k, start", [(3, 2), (4, 7), (1, 3)])
+def test_staggered_shampoo_with_and_without_cond_agree(rng, monkeypatch, k, start):
+  """The staggered refresh under ``jax.lax.cond`` (CPUs, TPUs; checked against
+  the float64 reference in test_defaults.py) and without one (GPUs) give the
+  same updates: before the first refresh step, through the first cycle, after
+  it; rows moved out of range (k > 1) or masked (k = 1)."""
+  shapes = {"a": (8, 40), "b": (4, 4), "t": (4, 4, 8), "v": (4, 8)}
+  params = random_tree(rng, shapes)
+  grads_seq = [random_tree(rng, shapes) for _ in range(start + 2 * k + 1)]
+  runs = []
+  for cond in (True, False):
+    monkeypatch.setattr(factor_matrices, "STAGGERED_COND", cond)
+    tx = shampoo_optax.shampoo(0.1, block_size=8, precondition_every=k,
+                               start_preconditioning_step=start)
+    runs.append(run_updates(tx, params, grads_seq)[0])
+  for t, (a, b) in enumerate(zip(*runs), start=1):
+    for name in shapes:
+      np.testing.assert_allclose(a[name], b[name], rtol=1e-5, atol=1e-7,
+                                 err_msg=f"step {t} {name}")
+
+
 @pytest.mark.parametrize("make, stagger_flag", [
     (shampoo_optax.shampoo, "stagger_root_refresh"),
     (shampoo_optax.soap, "stagger_basis_refresh"),
 ])
-def test_staggered_update_compiles_without_conditionals(rng, make, stagger_flag):
-  """With the default (staggered) refresh, the compiled update has no
-  ``conditional``: on a GPU, XLA copies a conditional's predicate to the host
-  and waits, so the host cannot queue the next step. Refreshing every row
-  every k steps keeps its conditional (skipping k - 1 steps of k)."""
+def test_staggered_update_compiles_without_conditionals(rng, make, stagger_flag, monkeypatch):
+  """With the default (staggered) refresh as compiled for a GPU, the update has
+  no ``conditional``: there XLA copies a conditional's predicate to the host
+  and waits, so the host cannot queue the next step. On this CPU the refresh
+  keeps its conditionals (skipping groups with no row due), and refreshing
+  every row every k steps keeps them everywhere (skipping k - 1 steps of k)."""
   params = random_tree(rng)
 
   def conditionals(tx):
     compiled = jax.jit(tx.update).lower(params, tx.init(params), params).compile()
     return compiled.as_text().count(" conditional(")
 
-  assert conditionals(make(0.1, block_size=4, precondition_every=3)) == 0
+  staggered = lambda: make(0.1, block_size=4, precondition_every=3)  # noqa: E731
+  assert conditionals(staggered()) > 0  # this CPU's choice (STAGGERED_COND None)
+  monkeypatch.setattr(factor_matrices, "STAGGERED_COND", False)  # a GPU's choice
+  assert conditionals(staggered()) == 0
   assert conditionals(make(0.1, block_size=4, precondition_every=3,
                            **{stagger_flag: False})) > 0
