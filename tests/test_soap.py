@@ -143,14 +143,18 @@ def test_invalid_arguments():
     shampoo_optax.soap(1e-3, orthogonalize="yes")
 
 
-@pytest.mark.parametrize("stagger", [True, False])
-def test_second_moment_carried_into_refreshed_bases_only(rng, stagger, staggered_cond):
+# A staggered refresh under a cond (CPUs, TPUs) and without one (GPUs); every
+# row every k steps always has its cond.
+@pytest.mark.parametrize("stagger, cond", [(True, True), (True, False), (False, None)])
+def test_second_moment_carried_into_refreshed_bases_only(rng, stagger, cond, monkeypatch):
   """The refresh's per-row rotation maps and the gather/scatter of the
   refreshed blocks' second moments, against a plain loop over every block:
   blocks whose basis is due and changed get ``(P * P) v`` along that axis
   (``P = Q_new^T Q_old``), all others keep ``v`` exactly."""
-  from shampoo_optax import blocking, factor_matrices, soap_transform  # noqa: PLC0415
+  from shampoo_optax import blocking, soap_transform  # noqa: PLC0415
   from shampoo_optax import sharding as sharding_lib  # noqa: PLC0415
+
+  monkeypatch.setattr(factor_matrices, "STAGGERED_COND", cond)
 
   leaves = [jnp.zeros(s) for s in [(12, 8), (8, 8), (3, 8, 4), (20, 6)]]
   plan = blocking.Layout(4, 4, 4096, pad_slots=False).plan(leaves)

@@ -617,10 +617,12 @@ def _refresh_fields(state):
 
 @pytest.mark.parametrize("make", [shampoo_optax.shampoo, shampoo_optax.soap])
 @pytest.mark.parametrize("k", [1, 3])
-def test_staggered_refresh_writes_nothing_before_its_first_step(rng, make, k, staggered_cond):
-  """Before a staggered refresh's first step (start - k + 1) nothing is
-  written, on it the due rows are: under a cond, and without one (rows not due
-  moved out of range, or masked when every row is due)."""
+def test_staggered_refresh_writes_nothing_before_its_first_step(rng, make, k, monkeypatch):
+  """Without a cond (a GPU's refresh), before a staggered refresh's first step
+  (start - k + 1) nothing is written, on it the due rows are: rows not due are
+  moved out of range, or masked when every row is due. (Under a cond, a step
+  with no row due skips the refresh.)"""
+  monkeypatch.setattr(factor_matrices, "STAGGERED_COND", False)
   start = 9
   first = start - k + 1
   tx = make(0.1, block_size=8, precondition_every=k, start_preconditioning_step=start)
@@ -645,7 +647,8 @@ def test_staggered_shampoo_with_and_without_cond_agree(rng, monkeypatch, k, star
   the float64 reference in test_defaults.py) and without one (GPUs) give the
   same updates: before the first refresh step, through the first cycle, after
   it; rows moved out of range (k > 1) or masked (k = 1)."""
-  shapes = {"a": (8, 40), "b": (4, 4), "t": (4, 4, 8), "v": (4, 8)}
+  # Statistics of sizes 4 and 8 (two groups sharing a root computation).
+  shapes = {"t": (4, 4, 8), "v": (4, 8)}
   params = random_tree(rng, shapes)
   grads_seq = [random_tree(rng, shapes) for _ in range(start + 2 * k + 1)]
   runs = []
@@ -670,15 +673,15 @@ def test_staggered_update_compiles_without_conditionals(rng, make, stagger_flag,
   and waits, so the host cannot queue the next step. On this CPU the refresh
   keeps its conditionals (skipping groups with no row due), and refreshing
   every row every k steps keeps them everywhere (skipping k - 1 steps of k)."""
-  params = random_tree(rng)
+  params = random_tree(rng, {"w1": (8, 6), "b": (4,)})  # statistics of sizes 4 and 6
 
   def conditionals(tx):
     compiled = jax.jit(tx.update).lower(params, tx.init(params), params).compile()
     return compiled.as_text().count(" conditional(")
 
-  staggered = lambda: make(0.1, block_size=4, precondition_every=3)  # noqa: E731
+  staggered = lambda: make(0.1, block_size=6, precondition_every=3)  # noqa: E731
   assert conditionals(staggered()) > 0  # this CPU's choice (STAGGERED_COND None)
   monkeypatch.setattr(factor_matrices, "STAGGERED_COND", False)  # a GPU's choice
   assert conditionals(staggered()) == 0
-  assert conditionals(make(0.1, block_size=4, precondition_every=3,
+  assert conditionals(make(0.1, block_size=6, precondition_every=3,
                            **{stagger_flag: False})) > 0
