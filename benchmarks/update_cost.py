@@ -603,7 +603,8 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument("--refresh-as", choices=("gpu", "backend"), default="gpu",
                       help="compile the staggered refresh as for a GPU, without lax.cond (the "
                       "default: this script stands in for a GPU's memory traffic), or as this "
-                      "backend does (on CPU: under lax.cond); see factor_matrices.STAGGERED_COND")
+                      "backend does (on CPU: under lax.cond); see "
+                      "factor_matrices.UNCONDITIONAL_PLATFORMS")
   parser.add_argument("--no-branch-split", dest="branch_split", action="store_false",
                       help="do not print op counts split into outside / in conditional branches")
   parser.add_argument("--top", type=int, default=0, metavar="N",
@@ -632,7 +633,7 @@ def main(argv: Sequence[str] | None = None) -> None:
   if args.refresh_as == "gpu":
     from shampoo_optax import factor_matrices  # noqa: PLC0415
 
-    factor_matrices.STAGGERED_COND = False
+    factor_matrices.UNCONDITIONAL_PLATFORMS += (jax.default_backend(),)
   run = hostinfo.start()
   params, vocab = param_tree(args)
   num_params = sum(leaf.size for leaf in jax.tree.leaves(params))

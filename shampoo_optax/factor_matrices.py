@@ -239,18 +239,21 @@ def _one_matrix_at_a_time_on_cpu(compute: Compute) -> Compute:
   return wrapped
 
 
-# Whether a staggered refresh runs under jax.lax.cond: None, by platform (not
-# on GPUs, see above); True / False: on every platform (tests use both).
-STAGGERED_COND: bool | None = None
+# Platforms where a staggered refresh's jax.lax.cond is compiled away (its
+# predicate made a constant true): XLA's GPU backend copies a cond's predicate to
+# the host and waits for it (see above). Tests change it to run either way here.
+UNCONDITIONAL_PLATFORMS: tuple[str, ...] = ("cuda", "rocm")
 
 
-def by_platform(args: tuple, *, with_cond: Callable, without_cond: Callable):
-  """``without_cond(*args)`` when compiled for a GPU, ``with_cond(*args)``
-  elsewhere (see ``STAGGERED_COND``)."""
-  if STAGGERED_COND is not None:
-    return (with_cond if STAGGERED_COND else without_cond)(*args)
-  return jax.lax.platform_dependent(*args, cuda=without_cond, rocm=without_cond,
-                                    default=with_cond)
+def cond_unless_waiting(pred, true_fn: Callable, false_fn: Callable, *args):
+  """``jax.lax.cond(pred, true_fn, false_fn, *args)``, except that compiled for
+  one of ``UNCONDITIONAL_PLATFORMS`` the predicate is a constant true, which
+  XLA folds away: ``true_fn`` always runs, so it must write nothing where
+  ``pred`` is false. Both functions are traced once, whatever the platform."""
+  always = lambda p: jnp.ones((), bool)  # noqa: E731
+  pred = jax.lax.platform_dependent(jnp.asarray(pred), default=lambda p: p,
+                                    **dict.fromkeys(UNCONDITIONAL_PLATFORMS, always))
+  return jax.lax.cond(pred, true_fn, false_fn, *args)
 
 
 def due_rows(schedule: Schedule, count: jax.Array, n: int,
@@ -326,24 +329,15 @@ def _refresh_bundle(stats, precond, errors, failures, count, device, *, dims, ex
                              precond_codec=precond_codec, change=change)
   keep = functools.partial(_keep, dims=dims, change=change)
   any_due = functools.reduce(jnp.logical_or, [jnp.any(d) for _, d in due])
-
-  def with_cond(stats, precond, errors, failures, rows):
-    return jax.lax.cond(any_due, update, keep, stats, precond, errors, failures, rows)
-
-  def without_cond(stats, precond, errors, failures, rows):
-    if schedule.dense:  # every row on every step from t0
-      return update(stats, precond, errors, failures, rows, live=due[0][1][0])
+  if schedule.dense:  # every row on every step it is due: none written on others
+    rows = tuple(r for r, _ in due)
+    update = functools.partial(update, live=due[0][1][0])
+  else:
     # Rows not due moved past the end (by 2n, which keeps pairs together): they
     # read as zeros and are written nowhere.
-    rows = tuple(jnp.where(d, r, r + 2 * n) for r, (_, d), n in zip(rows, due, ns))
-    return update(stats, precond, errors, failures, rows)
-
-  rows = tuple(r for r, _ in due)
-  args = (stats, precond, errors, failures, rows)
-  if schedule.stagger:
-    out = by_platform(args, with_cond=with_cond, without_cond=without_cond)
-  else:
-    out = with_cond(*args)
+    rows = tuple(jnp.where(d, r, r + 2 * n) for (r, d), n in zip(due, ns))
+  cond = cond_unless_waiting if schedule.stagger else jax.lax.cond
+  out = cond(any_due, update, keep, stats, precond, errors, failures, rows)
   if change is None:
     return out
   ((precond, errors, failures, changed, values),) = out
@@ -377,8 +371,8 @@ def _read(codec, stored, rows, d, dense, ridge=False):
   return full
 
 
-def _update_rows(stats, precond, errors, failures, rows, live=True, *, dims, exponent, count,
-                 compute, dense, codec, precond_codec, change=None):
+def _update_rows(stats, precond, errors, failures, rows, *, dims, exponent, count, compute,
+                 dense, codec, precond_codec, change=None, live=True):
   """Per group, new preconditioners where they are good; the old ones (and a
   failure) elsewhere; all of them old where ``live`` is false (a scalar). Groups
   smaller than the first are zero-padded to its size for one ``compute``, and

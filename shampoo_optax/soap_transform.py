@@ -299,14 +299,8 @@ def _carry_second_moment(plan, outputs, changes, count, *, staggered):
   del count
   carry = functools.partial(_carry_changed, plan, changes=changes)
   any_changed = jnp.any(jnp.stack([jnp.any(c.changed) for c in changes]))
-
-  def with_cond(nu):
-    return jax.lax.cond(any_changed, carry, lambda nu: nu, nu)
-
-  if not staggered:
-    return dict(outputs, nu=with_cond(outputs["nu"]))
-  return dict(outputs, nu=factor_matrices.by_platform(
-      (outputs["nu"],), with_cond=with_cond, without_cond=carry))
+  cond = factor_matrices.cond_unless_waiting if staggered else jax.lax.cond
+  return dict(outputs, nu=cond(any_changed, carry, lambda nu: nu, outputs["nu"]))
 
 
 def _carry_changed(plan, nu_stacks, *, changes):

@@ -22,12 +22,3 @@ def rng(request):
   seed = zlib.crc32(request.node.nodeid.encode())
   return np.random.default_rng(seed)
 
-
-@pytest.fixture(params=[True, False], ids=["cond", "no-cond"])
-def staggered_cond(request, monkeypatch):
-  """Both ways of running a staggered refresh on this CPU: under ``jax.lax.cond``
-  (CPUs and TPUs) and without one (GPUs), see ``factor_matrices.STAGGERED_COND``."""
-  from shampoo_optax import factor_matrices  # noqa: PLC0415
-
-  monkeypatch.setattr(factor_matrices, "STAGGERED_COND", request.param)
-  return request.param

@@ -51,10 +51,13 @@ def numpy_soap(grads_seq, b1, b2, eps, lr):
   return out
 
 
-def test_matches_numpy_reference(rng, staggered_cond):
+# Under a cond (this CPU's default) and as on a GPU (the cond compiled away).
+@pytest.mark.parametrize("platforms", [(), ("cpu",)], ids=["cond", "no-cond"])
+def test_matches_numpy_reference(rng, platforms, monkeypatch):
   # (6, 5): after one gradient L has a 1-D null space, whose eigenvector is
   # unique up to sign (a larger null space would have an arbitrary basis, and
   # Adam's elementwise step is not invariant to it).
+  monkeypatch.setattr(factor_matrices, "UNCONDITIONAL_PLATFORMS", platforms)
   shape = {"w": (6, 5)}
   params = random_tree(rng, shape)
   grads_seq = [random_tree(rng, shape) for _ in range(7)]
@@ -143,10 +146,10 @@ def test_invalid_arguments():
     shampoo_optax.soap(1e-3, orthogonalize="yes")
 
 
-# A staggered refresh under a cond (CPUs, TPUs) and without one (GPUs); every
-# row every k steps always has its cond.
-@pytest.mark.parametrize("stagger, cond", [(True, True), (True, False), (False, None)])
-def test_second_moment_carried_into_refreshed_bases_only(rng, stagger, cond, monkeypatch):
+# A staggered refresh under a cond (CPUs, TPUs) and as on a GPU (the cond
+# compiled away); every row every k steps always has its cond.
+@pytest.mark.parametrize("stagger, platforms", [(True, ()), (True, ("cpu",)), (False, ("cpu",))])
+def test_second_moment_carried_into_refreshed_bases_only(rng, stagger, platforms, monkeypatch):
   """The refresh's per-row rotation maps and the gather/scatter of the
   refreshed blocks' second moments, against a plain loop over every block:
   blocks whose basis is due and changed get ``(P * P) v`` along that axis
@@ -154,7 +157,7 @@ def test_second_moment_carried_into_refreshed_bases_only(rng, stagger, cond, mon
   from shampoo_optax import blocking, soap_transform  # noqa: PLC0415
   from shampoo_optax import sharding as sharding_lib  # noqa: PLC0415
 
-  monkeypatch.setattr(factor_matrices, "STAGGERED_COND", cond)
+  monkeypatch.setattr(factor_matrices, "UNCONDITIONAL_PLATFORMS", platforms)
 
   leaves = [jnp.zeros(s) for s in [(12, 8), (8, 8), (3, 8, 4), (20, 6)]]
   plan = blocking.Layout(4, 4, 4096, pad_slots=False).plan(leaves)
@@ -244,8 +247,8 @@ def test_staggered_refresh_with_and_without_cond_agree(rng, monkeypatch):
   params = random_tree(rng, shapes)
   grads_seq = [random_tree(rng, shapes) for _ in range(12)]
   runs = []
-  for cond in (True, False):
-    monkeypatch.setattr(factor_matrices, "STAGGERED_COND", cond)
+  for platforms in ((), ("cpu",)):  # a CPU's cond, a GPU's none
+    monkeypatch.setattr(factor_matrices, "UNCONDITIONAL_PLATFORMS", platforms)
     tx = shampoo_optax.soap(0.01, block_size=4, precondition_every=3,
                             start_preconditioning_step=5)
     runs.append(run_updates(tx, params, grads_seq)[0])

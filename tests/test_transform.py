@@ -622,7 +622,7 @@ def test_staggered_refresh_writes_nothing_before_its_first_step(rng, make, k, mo
   (start - k + 1) nothing is written, on it the due rows are: rows not due are
   moved out of range, or masked when every row is due. (Under a cond, a step
   with no row due skips the refresh.)"""
-  monkeypatch.setattr(factor_matrices, "STAGGERED_COND", False)
+  monkeypatch.setattr(factor_matrices, "UNCONDITIONAL_PLATFORMS", ("cpu",))
   start = 9
   first = start - k + 1
   tx = make(0.1, block_size=8, precondition_every=k, start_preconditioning_step=start)
@@ -652,8 +652,8 @@ def test_staggered_shampoo_with_and_without_cond_agree(rng, monkeypatch, k, star
   params = random_tree(rng, shapes)
   grads_seq = [random_tree(rng, shapes) for _ in range(start + 2 * k + 1)]
   runs = []
-  for cond in (True, False):
-    monkeypatch.setattr(factor_matrices, "STAGGERED_COND", cond)
+  for platforms in ((), ("cpu",)):  # a CPU's cond, a GPU's none
+    monkeypatch.setattr(factor_matrices, "UNCONDITIONAL_PLATFORMS", platforms)
     tx = shampoo_optax.shampoo(0.1, block_size=8, precondition_every=k,
                                start_preconditioning_step=start)
     runs.append(run_updates(tx, params, grads_seq)[0])
@@ -680,8 +680,8 @@ def test_staggered_update_compiles_without_conditionals(rng, make, stagger_flag,
     return compiled.as_text().count(" conditional(")
 
   staggered = lambda: make(0.1, block_size=6, precondition_every=3)  # noqa: E731
-  assert conditionals(staggered()) > 0  # this CPU's choice (STAGGERED_COND None)
-  monkeypatch.setattr(factor_matrices, "STAGGERED_COND", False)  # a GPU's choice
+  assert conditionals(staggered()) > 0  # this CPU's choice
+  monkeypatch.setattr(factor_matrices, "UNCONDITIONAL_PLATFORMS", ("cpu",))  # a GPU's
   assert conditionals(staggered()) == 0
   assert conditionals(make(0.1, block_size=6, precondition_every=3,
                            **{stagger_flag: False})) > 0
