@@ -29,9 +29,11 @@ two settings replaced.
 Each optimizer runs in a fresh Python process (peak-memory statistics and compile caches are per
 process; a hang does not sink the run), which sends its measurements back as JSON:
 
-- compile: seconds of ``jax.jit(train_step).lower(...).compile()`` (trace + lower + XLA compile,
-  autotuning included) of the whole step: loss, gradients, ``tx.update``, ``apply_updates``;
-  params and optimizer state donated, as a training loop should.
+- compile: seconds of ``jax.jit(train_step).trace(...).lower().compile()`` (trace + lower + XLA
+  compile, autotuning included) of the whole step: loss, gradients, ``tx.update``,
+  ``apply_updates``; params and optimizer state donated, as a training loop should. The JSON
+  also has each phase's seconds (``trace_s``, ``lower_s``, ``xla_compile_s``), printed in the
+  compile table.
 - first step: seconds of the first call (a lazy start shows here, e.g. SOAP's first step on GPU).
 - ms/step: median (and worst) wall time of ``--steps`` steps, each ``jax.block_until_ready``
   on params, state and loss, after ``--warmup`` steps (first step included), so preconditioning
@@ -208,8 +210,15 @@ def measure(args: argparse.Namespace, out: pathlib.Path) -> None:
     return optax.apply_updates(params, updates), opt_state, loss
 
   start = time.perf_counter()
-  step = jax.jit(train_step, donate_argnums=(0, 1)).lower(params, opt_state, *data[0]).compile()
-  result.update(compile_s=time.perf_counter() - start, phase="first step")
+  traced = jax.jit(train_step, donate_argnums=(0, 1)).trace(params, opt_state, *data[0])
+  traced_at = time.perf_counter()
+  lowered = traced.lower()
+  lowered_at = time.perf_counter()
+  step = lowered.compile()
+  done_at = time.perf_counter()
+  result.update(compile_s=done_at - start, trace_s=traced_at - start,
+                lower_s=lowered_at - traced_at, xla_compile_s=done_at - lowered_at,
+                phase="first step")
   _write(out, result)
 
   times = []
@@ -398,6 +407,9 @@ def run_one(name: str, args: argparse.Namespace, cap: float, workdir: pathlib.Pa
     row.setdefault("error", f"failed in {row['phase']} (exit {returncode}): "
                    f"{tail[0][:200] if tail else 'no output'}")
   output = log.read_text().strip() if log.exists() else ""
+  if args.hlo_dir and output:  # kept beside the HLO: e.g. XLA's own logs (TF_CPP_VMODULE)
+    pathlib.Path(args.hlo_dir).mkdir(parents=True, exist_ok=True)
+    (pathlib.Path(args.hlo_dir) / f"{name}.log").write_text(output)
   if "error" in row and "not installed" not in row["error"] and output:
     print(f"--- {name}: last lines of its output ---", file=sys.stderr)
     print("\n".join(output.splitlines()[-15:]), file=sys.stderr, flush=True)
@@ -489,6 +501,23 @@ def breakdown_table(rows: list[dict]) -> str | None:
   return markdown(["part", "ms/step", "x AdamW's step", "share of the step"], table)
 
 
+def compile_table(rows: list[dict]) -> str | None:
+  """Where each optimizer's compile time goes: Python tracing, lowering to StableHLO, and XLA's
+  compile (optimization passes, autotuning, code generation)."""
+  base = next((r for r in rows if r["optimizer"] == "adamw" and "error" not in r), None)
+  table = []
+  for r in rows:
+    if _num(r, "xla_compile_s") is None:
+      continue
+    table.append([label(r["optimizer"])] + [
+        cell for key in ("trace_s", "lower_s", "xla_compile_s")
+        for cell in (f"{r[key]:.1f}", _ratio(r, base, key))])
+  if not table:
+    return None
+  return markdown(["optimizer", "trace s", "x AdamW", "lower s", "x AdamW", "XLA compile s",
+                   "x AdamW"], table)
+
+
 def parent(args: argparse.Namespace) -> None:
   names = [n for n in args.optimizers.split(",") if n]
   unknown = [n for n in names if base_name(n) not in LABELS or "@" in n]
@@ -539,6 +568,10 @@ def parent(args: argparse.Namespace) -> None:
         f"step = the first call after compiling; peak memory = the device's peak bytes in use "
         f"in that optimizer's process.\n")
   print(results_table(ordered))
+  phases = compile_table(ordered)
+  if phases:
+    print("\nCompile time in phases (jit(...).trace, .lower, .compile):\n")
+    print(phases)
   parts = breakdown_table(ordered)
   if parts:
     print("\nShampoo's step in parts (medians; share = of the whole step named):\n")
@@ -578,8 +611,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="also trace this many steps (after the timed ones) with jax.profiler "
                       "and print each optimizer's op time by source line (default: off)")
   parser.add_argument("--hlo-dir", default=None, metavar="DIR",
-                      help="also write each optimizer's compiled train step (HLO text) and, with "
-                      "--profile, its trace (xplane.pb) here")
+                      help="also write each optimizer's compiled train step (HLO text), its "
+                      "process's output (.log) and, with --profile, its trace (xplane.pb) here")
   parser.add_argument("--tiny", action="store_true",
                       help="a tiny model for a CPU smoke run (CI); explicit flags override it")
   parser.add_argument("--json", metavar="PATH", default=None, help="also write results here")
