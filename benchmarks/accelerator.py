@@ -196,11 +196,16 @@ def measure(args: argparse.Namespace, out: pathlib.Path) -> None:
                                     seq_len=args.seq_len)
   stream = lm_common.batches(corpus.train, args.batch, args.seq_len, seed=0)
   data = [tuple(jax.device_put(v) for v in next(stream)) for _ in range(8)]
-  params = jax.jit(model.init)(jax.random.key(0), data[0][0])
-  opt_state = jax.jit(tx.init)(params)
+  if args.compile_only:  # shapes are all a compile needs (and model.init's own compile is not)
+    params = jax.eval_shape(model.init, jax.random.key(0), data[0][0])
+    opt_state = jax.eval_shape(tx.init, params)
+  else:
+    params = jax.jit(model.init)(jax.random.key(0), data[0][0])
+    opt_state = jax.jit(tx.init)(params)
   result.update(
       params=sum(leaf.size for leaf in jax.tree.leaves(params)), vocab=len(corpus.vocab),
-      state_bytes=sum(leaf.nbytes for leaf in jax.tree.leaves(opt_state)), phase="compile")
+      state_bytes=sum(math.prod(leaf.shape) * leaf.dtype.itemsize
+                      for leaf in jax.tree.leaves(opt_state)), phase="compile")
   _write(out, result)
 
   def train_step(params, opt_state, x, y):
@@ -214,11 +219,18 @@ def measure(args: argparse.Namespace, out: pathlib.Path) -> None:
   traced_at = time.perf_counter()
   lowered = traced.lower()
   lowered_at = time.perf_counter()
-  step = lowered.compile()
+  step = lowered.compile(dict(args.xla_option or ()))
   done_at = time.perf_counter()
   result.update(compile_s=done_at - start, trace_s=traced_at - start,
                 lower_s=lowered_at - traced_at, xla_compile_s=done_at - lowered_at,
                 phase="first step")
+  if args.compile_only:
+    if args.hlo_dir:
+      pathlib.Path(args.hlo_dir).mkdir(parents=True, exist_ok=True)
+      (pathlib.Path(args.hlo_dir) / f"{name}.hlo.txt").write_text(step.as_text())
+    result.update(phase="done")
+    _write(out, result)
+    return
   _write(out, result)
 
   times = []
@@ -373,6 +385,11 @@ def profile_tables(rows: list[dict]) -> list[str]:
 _MODEL_FLAGS = ("d_model", "layers", "heads", "seq_len", "batch", "block_size",
                 "precondition_every", "warmup", "steps", "learning_rate", "profile",
                 "hlo_dir")
+# XLA's own timings of the train step's compile, in its log when TF_CPP_VMODULE names
+# gpu_compiler (or cpu_compiler) at level 1: the HLO passes (autotuning included) and the backend
+# (code generation).
+_XLA_PHASE = re.compile(r"(RunHloPasses|RunBackend|Running HLO passes on) .*?"
+                        r"jit_train_step\]? .*?time: [^(]*\((\d+) us\)")
 
 
 def run_one(name: str, args: argparse.Namespace, cap: float, workdir: pathlib.Path) -> dict:
@@ -384,6 +401,10 @@ def run_one(name: str, args: argparse.Namespace, cap: float, workdir: pathlib.Pa
   for flag in _MODEL_FLAGS:
     if getattr(args, flag) is not None:
       command += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
+  if args.compile_only:
+    command.append("--compile-only")
+  for key, value in args.xla_option or ():
+    command += ["--xla-option", f"{key}={value}"]
   env = dict(os.environ)
   # The package from this checkout, unless PYTHONPATH already names one.
   env["PYTHONPATH"] = os.pathsep.join(p for p in (env.get("PYTHONPATH"), str(ROOT)) if p)
@@ -407,6 +428,9 @@ def run_one(name: str, args: argparse.Namespace, cap: float, workdir: pathlib.Pa
     row.setdefault("error", f"failed in {row['phase']} (exit {returncode}): "
                    f"{tail[0][:200] if tail else 'no output'}")
   output = log.read_text().strip() if log.exists() else ""
+  for phase, micros in _XLA_PHASE.findall(output):
+    key = "xla_passes_s" if "passes" in phase.lower() else "xla_backend_s"
+    row[key] = int(micros) / 1e6
   if args.hlo_dir and output:  # kept beside the HLO: e.g. XLA's own logs (TF_CPP_VMODULE)
     pathlib.Path(args.hlo_dir).mkdir(parents=True, exist_ok=True)
     (pathlib.Path(args.hlo_dir) / f"{name}.log").write_text(output)
@@ -501,21 +525,31 @@ def breakdown_table(rows: list[dict]) -> str | None:
   return markdown(["part", "ms/step", "x AdamW's step", "share of the step"], table)
 
 
+COMPILE_PHASES = {"compile_s": "compile s", "trace_s": "trace s", "lower_s": "lower s",
+                  "xla_compile_s": "XLA compile s", "xla_passes_s": "of which HLO passes s",
+                  "xla_backend_s": "of which backend s"}
+
+
 def compile_table(rows: list[dict]) -> str | None:
   """Where each optimizer's compile time goes: Python tracing, lowering to StableHLO, and XLA's
   compile (optimization passes, autotuning, code generation)."""
   base = next((r for r in rows if r["optimizer"] == "adamw" and "error" not in r), None)
+  keys = [key for key in COMPILE_PHASES if key in ("compile_s", "trace_s", "lower_s",
+                                                   "xla_compile_s")
+          or any(_num(r, key) is not None for r in rows)]
   table = []
   for r in rows:
     if _num(r, "xla_compile_s") is None:
       continue
     table.append([label(r["optimizer"])] + [
-        cell for key in ("trace_s", "lower_s", "xla_compile_s")
-        for cell in (f"{r[key]:.1f}", _ratio(r, base, key))])
+        cell for key in keys
+        for cell in ("-" if _num(r, key) is None else f"{r[key]:.1f}", _ratio(r, base, key))])
   if not table:
     return None
-  return markdown(["optimizer", "trace s", "x AdamW", "lower s", "x AdamW", "XLA compile s",
-                   "x AdamW"], table)
+  header = ["optimizer"]
+  for key in keys:
+    header += [COMPILE_PHASES[key], "x AdamW"]
+  return markdown(header, table)
 
 
 def parent(args: argparse.Namespace) -> None:
@@ -556,21 +590,28 @@ def parent(args: argparse.Namespace) -> None:
       if _num(row, "step_s") is not None:
         print(f"  {name}: {1e3 * row['step_s']:.1f} ms/step, compile {row['compile_s']:.1f} s, "
               f"process {row['process_s']:.0f} s", flush=True)
-      else:
+      elif "error" in row:
         print(f"  {name}: {row['error']} (process {row['process_s']:.0f} s)", flush=True)
+      else:
+        print(f"  {name}: compile {row['compile_s']:.1f} s, process {row['process_s']:.0f} s",
+              flush=True)
   ordered = [rows[n] for n in sorted(rows, key=lambda n: list(LABELS).index(base_name(n)))]
   kind = next((r["device_kind"] for r in ordered if r.get("device_kind")), "?")
   params = next((r["params"] for r in ordered if r.get("params")), 0)
-  print(f"\nOn {kind}: {params / 1e6:.2f}M parameters; ms/step = median of {args.steps} steps "
+  print(f"\nOn {kind}: {params / 1e6:.2f}M parameters" + ("" if args.compile_only else
+        f"; ms/step = median of {args.steps} steps "
         f"each blocked on (worst ms: the slowest of them); pipelined = {args.steps} steps "
         f"called back to back, blocked on at the end; x AdamW = ratio to optax.adamw in this "
         f"run; first "
         f"step = the first call after compiling; peak memory = the device's peak bytes in use "
-        f"in that optimizer's process.\n")
-  print(results_table(ordered))
+        f"in that optimizer's process") + ".\n")
+  if not args.compile_only:
+    print(results_table(ordered))
   phases = compile_table(ordered)
   if phases:
-    print("\nCompile time in phases (jit(...).trace, .lower, .compile):\n")
+    print("\nCompile time in phases (jit(...).trace, .lower, .compile"
+          + (f", compiler options {dict(args.xla_option)}" if args.xla_option else "")
+          + "; XLA's passes and backend where its log has them):\n")
     print(phases)
   parts = breakdown_table(ordered)
   if parts:
@@ -586,6 +627,18 @@ def parent(args: argparse.Namespace) -> None:
             if "error" in r and not r["error"].startswith(tolerated)]
   if failed:
     raise SystemExit(f"failed: {', '.join(failed)}")
+
+
+def _xla_option(text: str) -> tuple[str, Any]:
+  key, sep, value = text.partition("=")
+  if not sep:
+    raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+  for parse in (int, float, {"true": True, "false": False}.__getitem__):
+    try:
+      return key, parse(value.lower() if parse not in (int, float) else value)
+    except (ValueError, KeyError):
+      pass
+  return key, value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -613,6 +666,12 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument("--hlo-dir", default=None, metavar="DIR",
                       help="also write each optimizer's compiled train step (HLO text), its "
                       "process's output (.log) and, with --profile, its trace (xplane.pb) here")
+  parser.add_argument("--compile-only", action="store_true",
+                      help="only compile each optimizer's train step (from shapes: no init, no "
+                      "steps) and print the compile table")
+  parser.add_argument("--xla-option", action="append", type=_xla_option, metavar="KEY=VALUE",
+                      help="an XLA option for the train step's compile (repeatable), e.g. "
+                      "xla_gpu_autotune_level=0: where compile time goes")
   parser.add_argument("--tiny", action="store_true",
                       help="a tiny model for a CPU smoke run (CI); explicit flags override it")
   parser.add_argument("--json", metavar="PATH", default=None, help="also write results here")
