@@ -175,7 +175,7 @@ def google_shampoo(learning_rate: optax.ScalarOrSchedule,
   ``skip_preconditioning_dim_size_gt=4096`` (its default and ours), ``nesterov=False``, root
   exponent ``2 * (number of preconditioned dims)`` (its default), adjacent dims merged up to
   ``block_size`` (``merge_small_dims_block_size``; ours: ``max_merged_dim`` defaults to
-  ``block_size``), and parameters of rank < 2 left to the grafting method
+  ``block_size``, then cuts what still has rank > 2 into its most nearly square matrix), and parameters of rank < 2 left to the grafting method
   (``skip_preconditioning_rank_lt=2``). One difference remains: it tests the rank before merging,
   so a (heads, head_dim) attention bias is preconditioned, as a vector of heads * head_dim with one
   full statistic, where ours treats it as a vector and grafts only.
@@ -250,9 +250,10 @@ def google_shampoo(learning_rate: optax.ScalarOrSchedule,
       start_preconditioning_step=preconditioning_compute_steps,
       preconditioning_compute_steps=preconditioning_compute_steps,
       statistics_compute_steps=1,
-      # Merge adjacent dims up to block_size, as shampoo_optax's default max_merged_dim does:
-      # (d, heads, head_dim) -> (d, heads * head_dim). Its default, 4096, gives (d * heads,
-      # head_dim), mixing an input axis with an output one.
+      # Merge adjacent dims up to block_size, as shampoo_optax's default max_merged_dim does
+      # first: (d, heads, head_dim) -> (d, heads * head_dim) while heads * head_dim <= block_size
+      # (shampoo_optax then makes any rank > 2 a matrix; Google's keeps it). Its default, 4096,
+      # gives (d * heads, head_dim), mixing an input axis with an output one.
       best_effort_shape_interpretation=True,
       merge_small_dims_block_size=block_size,
       # Vectors take the grafting method alone, as in shampoo_optax (its default, 1, gives each

@@ -121,7 +121,13 @@ def shampoo(
       ``distributed_shampoo``, whose default it is): the paper's ``-1/(2k)``
       for a block with ``k`` preconditioned axes.
     max_merged_dim: merge adjacent dimensions while their product is at most
-      this (default: ``block_size``).
+      this. The default (``None``): merge them while it is at most
+      ``block_size``, then cut what still has more than two dimensions into
+      its most nearly square matrix (an attention kernel ``[d, heads,
+      head_dim]`` is preconditioned as ``[d, heads * head_dim]``, a ``(3, 3,
+      c_in, c_out)`` convolution as ``(9 c_in, c_out)``). A number keeps
+      higher ranks (a root per side); ``block_size`` is 0.2's default, whose
+      checkpoints of such tensors need it.
     skip_preconditioning_dim_size_gt: dimensions larger than this get no
       statistic (the block is preconditioned on its other sides only).
     root_method: ``'newton'``, ``'eigh'``, or ``'auto'`` (Newton on TPUs,
@@ -250,7 +256,13 @@ def soap(
     start_preconditioning_step: all eigenbases in use after this step (they
       are computed, staggered, over the ``precondition_every`` steps before).
     max_merged_dim: merge adjacent dimensions while their product is at most
-      this (default: ``block_size``).
+      this. The default (``None``): merge them while it is at most
+      ``block_size``, then cut what still has more than two dimensions into
+      its most nearly square matrix (an attention kernel ``[d, heads,
+      head_dim]`` is preconditioned as ``[d, heads * head_dim]``, a ``(3, 3,
+      c_in, c_out)`` convolution as ``(9 c_in, c_out)``). A number keeps
+      higher ranks (a root per side); ``block_size`` is 0.2's default, whose
+      checkpoints of such tensors need it.
     skip_preconditioning_dim_size_gt: larger dimensions are not rotated.
     basis_method: ``'eigh'``; ``'qr'``, one power-iteration step with a QR
       from the previous basis (after a first cycle with eigh), as in SOAP; or

@@ -144,20 +144,33 @@ class Plan:
     return tuple(out)
 
 
-def merge_small_dims(shape: tuple[int, ...], max_dim: int) -> tuple[int, ...]:
+def merge_small_dims(shape: tuple[int, ...], max_dim: int,
+                     as_matrix: bool = False) -> tuple[int, ...]:
   """Drops size-1 dims and merges adjacent dims while the product is <= max_dim.
+
+  ``as_matrix``: what is left with more than two dimensions is then merged
+  into the most nearly square matrix its dimensions can make, a
+  ``[d_model, heads, head_dim]`` attention kernel into
+  ``[d_model, heads * head_dim]`` and a ``(3, 3, c_in, c_out)`` convolution
+  into ``(9 c_in, c_out)``.
 
   >>> merge_small_dims((3, 3, 64, 128), 1024)
   (576, 128)
   >>> merge_small_dims((3, 3, 64, 128), 128)
   (9, 64, 128)
+  >>> merge_small_dims((3, 3, 64, 128), 128, as_matrix=True)
+  (576, 128)
+  >>> merge_small_dims((512, 8, 64), 128, as_matrix=True)
+  (512, 512)
   >>> merge_small_dims((1, 512, 1), 128)
   (512,)
   """
-  return tuple(math.prod(shape[a] for a in axes) for axes in _merged_axes(shape, max_dim))
+  return tuple(math.prod(shape[a] for a in axes)
+               for axes in _merged_axes(shape, max_dim, as_matrix))
 
 
-def _merged_axes(shape: tuple[int, ...], max_dim: int) -> list[list[int]]:
+def _merged_axes(shape: tuple[int, ...], max_dim: int,
+                 as_matrix: bool = False) -> list[list[int]]:
   """The axes of ``shape`` that make up each of merge_small_dims' dimensions."""
   groups: list[list[int]] = []
   current = 1
@@ -170,6 +183,13 @@ def _merged_axes(shape: tuple[int, ...], max_dim: int) -> list[list[int]]:
     else:
       groups.append([axis])
       current = d
+  if as_matrix and len(groups) > 2:
+    sizes = [math.prod(shape[a] for a in axes) for axes in groups]
+    total = math.prod(sizes)
+    # The split k whose two sides are closest in size (the first of equals).
+    k = min(range(1, len(groups)),
+            key=lambda k: abs(math.log(math.prod(sizes[:k]) ** 2 / total)))
+    groups = [[a for axes in groups[:k] for a in axes], [a for axes in groups[k:] for a in axes]]
   return groups
 
 
@@ -260,7 +280,7 @@ def plan_leaf(
     shape: tuple[int, ...],
     *,
     block_size: int,
-    max_merged_dim: int,
+    max_merged_dim: int | None,
     skip_preconditioning_dim_size_gt: int,
     exponent_override: int | None,
     global_shape: tuple[int, ...] | None = None,
@@ -270,10 +290,16 @@ def plan_leaf(
   large to precondition is judged by its whole size, so a shard is
   preconditioned on the sides the whole parameter would be, and some shards
   are folded (``_fold_shard``)."""
-  merged = merge_small_dims(shape, max_merged_dim)
+  # The default (None): dimensions merged up to block_size, then into a matrix.
+  as_matrix = max_merged_dim is None
+  max_merged_dim = block_size if as_matrix else max_merged_dim
+  # The default's axes are chosen from the whole parameter's shape, so that a
+  # shard is cut into a matrix along the same axes as the whole would be.
+  axes = _merged_axes(global_shape if as_matrix and global_shape is not None else shape,
+                      max_merged_dim, as_matrix)
+  merged = tuple(math.prod(shape[a] for a in group) for group in axes)
   preconditioned = tuple(d <= skip_preconditioning_dim_size_gt for d in merged)
   if global_shape is not None:
-    axes = _merged_axes(shape, max_merged_dim)
     preconditioned = tuple(
         pre and all(global_shape[a] <= skip_preconditioning_dim_size_gt for a in group)
         for pre, group in zip(preconditioned, axes))
@@ -307,7 +333,7 @@ def make_plan(
     shapes: tuple[tuple[int, ...], ...],
     *,
     block_size: int,
-    max_merged_dim: int,
+    max_merged_dim: int | None,
     skip_preconditioning_dim_size_gt: int,
     exponent_override: int | None,
     shard_multiple: int = 1,
@@ -529,7 +555,7 @@ class Layout:
   """The static, shape-setting settings of an optimizer: they pick the plan."""
 
   block_size: int
-  max_merged_dim: int
+  max_merged_dim: int | None  # None: block_size, then into a matrix
   skip_preconditioning_dim_size_gt: int
   exponent_override: int | None = None
   shard_multiple: int = 1

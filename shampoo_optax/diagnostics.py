@@ -49,7 +49,7 @@ def diagnostics(
       ``SoapState`` in it is read (e.g. inside ``optax.chain``).
     params: the parameters (or anything of their tree and shapes).
     block_size: as given to the optimizer (default: read from the state).
-    max_merged_dim: as given to the optimizer (default: ``block_size``).
+    max_merged_dim: as given to the optimizer (default: the optimizer's).
     skip_preconditioning_dim_size_gt: as given to the optimizer (default:
       4096, the optimizer's).
     exponent_override: as given to the optimizer (default: read from the
@@ -134,7 +134,7 @@ def _layout_of(stats, codec, leaves, soap, block_size, max_merged_dim, skip, exp
   for size in sizes:
     for exponent in exponents:
       plan = blocking.Layout(
-          size, max_merged_dim or size, skip or 4096,
+          size, max_merged_dim, skip or 4096,
           # SOAP has no roots: its layout is the paper's 2k grouping whatever the
           # exponent argument says.
           None if soap else exponent, pad_slots=not soap).plan(leaves)

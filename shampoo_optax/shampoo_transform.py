@@ -195,8 +195,11 @@ def scale_by_shampoo(
       Google's implementation): the paper's ``-1/(2k)`` for blocks with ``k``
       preconditioned axes.
     max_merged_dim: adjacent dimensions of a parameter are merged while their
-      product is at most this (default: ``block_size``); size-1 dimensions are
-      always dropped. Tensors that merge into a vector use the diagonal method.
+      product is at most this; size-1 dimensions are always dropped. Tensors
+      that merge into a vector use the diagonal method. The default
+      (``None``): merged while at most ``block_size``, then what still has more
+      than two dimensions is cut into its most nearly square matrix
+      (``blocking.merge_small_dims`` with ``as_matrix``).
     skip_preconditioning_dim_size_gt: dimensions larger than this get no
       statistic (preconditioned on the other side only).
     root_method: ``'newton'`` (coupled Newton, matrix products only),
@@ -295,7 +298,7 @@ def scale_by_shampoo(
   block_sharding = sharding_lib.BlockSharding.create(mesh, block_axis)
   local = sharding_lib.LocalBlocks.create(block_sharding, param_specs)
   shampoo_core = core.Core(
-      layout=blocking.Layout(block_size, max_merged_dim or block_size,
+      layout=blocking.Layout(block_size, max_merged_dim,
                              skip_preconditioning_dim_size_gt, exponent_override,
                              block_sharding.size if local is None else 1),
       codec=codec, precond_codec=root_codec, block_sharding=block_sharding, local=local,

@@ -123,7 +123,9 @@ def scale_by_soap(
       so all are in use by ``start_preconditioning_step + 1``; a basis is
       used from the step after it is computed, and before a block's first
       basis its step is Adam's.
-    max_merged_dim: adjacent dimensions are merged up to this product.
+    max_merged_dim: adjacent dimensions are merged up to this product; the
+      default (``None``) as :func:`scale_by_shampoo`'s: up to ``block_size``,
+      then into the most nearly square matrix.
     skip_preconditioning_dim_size_gt: dimensions larger than this are not
       rotated.
     basis_method: ``'eigh'``; ``'qr'``, one power-iteration step with a QR
@@ -187,7 +189,7 @@ def scale_by_soap(
   schedule = factor_matrices.Schedule(precondition_every, start_preconditioning_step,
                                       stagger_basis_refresh)
   soap_core = core.Core(
-      layout=blocking.Layout(block_size, max_merged_dim or block_size,
+      layout=blocking.Layout(block_size, max_merged_dim,
                              skip_preconditioning_dim_size_gt,
                              shard_multiple=block_sharding.size if local is None else 1,
                              pad_slots=False),

@@ -24,10 +24,15 @@ DEFAULTS = dict(b1=0.9, b2=0.95, eps=1e-8, matrix_eps=1e-4, start_preconditionin
                 exponent_override=2)
 LR = 0.1
 
-# block_size 8. Statistics of size 4 (t's first two axes, v's rows) and of size
-# 8 (t's last axis, v's columns, w's rows and columns of its two 8 x 8 blocks):
-# two groups, of 3 and 6 rows, each refreshed a few rows at a time.
-SHAPES = {"b": (8,), "t": (4, 4, 8), "v": (4, 8), "w": (8, 16)}
+# block_size 8. By default a tensor of rank 3 or more is preconditioned as the
+# most nearly square matrix its dimensions make: t (4, 4, 8) as (16, 8), two
+# 8 x 8 blocks. Statistics of size 4 (v's rows, w's columns) and of size 8
+# (t's rows and columns, v's columns, w's rows of its two 8 x 4 blocks): two
+# groups, each refreshed a few rows at a time. Each leaf's blocks have a shape
+# of their own, as the reference assumes.
+SHAPES = {"b": (8,), "t": (4, 4, 8), "v": (4, 8), "w": (16, 4)}
+# What the reference is given: the shapes the default preconditions.
+AS_MATRICES = {"t": (16, 8)}
 
 
 def _tree(rng, shapes):
@@ -44,13 +49,20 @@ def _updates(tx, params, grads_seq):
   return out
 
 
+def _reference_shapes(shapes):
+  """The shapes the reference is given: each leaf as the default preconditions it."""
+  return [AS_MATRICES.get(k, s) for k, s in shapes.items()]
+
+
 def _compare(ours, ref, grads_seq, shapes, rtol=5e-4, atol=1e-5):
   names = list(shapes)  # sorted: the tree order
   assert names == sorted(names)
+  views = _reference_shapes(shapes)
   for t, (grads, got) in enumerate(zip(grads_seq, ours), start=1):
-    want = ref.step([grads[k] for k in names])
+    want = ref.step([np.reshape(grads[k], v) for k, v in zip(names, views)])
     for name, w in zip(names, want):
-      np.testing.assert_allclose(got[name], w, rtol=rtol, atol=atol, err_msg=f"step {t} {name}")
+      np.testing.assert_allclose(got[name], np.reshape(w, shapes[name]), rtol=rtol, atol=atol,
+                                 err_msg=f"step {t} {name}")
 
 
 @pytest.mark.parametrize("k", [3, 4])
@@ -62,7 +74,7 @@ def test_default_shampoo_matches_staggered_reference(rng, k):
   params = _tree(rng, SHAPES)
   grads_seq = [_tree(rng, SHAPES) for _ in range(3 * k)]
   tx = shampoo_optax.shampoo(LR, block_size=8, precondition_every=k)
-  ref = reference.NumpyShampoo(list(SHAPES.values()), block_size=8, precondition_every=k,
+  ref = reference.NumpyShampoo(_reference_shapes(SHAPES), block_size=8, precondition_every=k,
                                learning_rate=LR, stagger=True, **DEFAULTS)
   _compare(_updates(tx, params, grads_seq), ref, grads_seq, SHAPES)
 
@@ -83,7 +95,7 @@ def test_groups_sharing_a_root_computation_match_reference(rng, stagger):
   grads_seq = [_tree(rng, SHARED_SHAPES) for _ in range(9)]
   tx = shampoo_optax.shampoo(LR, block_size=8, precondition_every=3,
                              stagger_root_refresh=stagger)
-  ref = reference.NumpyShampoo(list(SHARED_SHAPES.values()), block_size=8, precondition_every=3,
+  ref = reference.NumpyShampoo(_reference_shapes(SHARED_SHAPES), block_size=8, precondition_every=3,
                                learning_rate=LR, stagger=stagger, **DEFAULTS)
   _compare(_updates(tx, params, grads_seq), ref, grads_seq, SHARED_SHAPES)
 
@@ -111,7 +123,7 @@ def test_one_sided_blocks_match_reference(rng):
   grads_seq = [_tree(rng, shapes) for _ in range(9)]
   tx = shampoo_optax.shampoo(LR, block_size=8, precondition_every=3,
                              skip_preconditioning_dim_size_gt=32)
-  ref = reference.NumpyShampoo(list(shapes.values()), block_size=8, precondition_every=3,
+  ref = reference.NumpyShampoo(_reference_shapes(shapes), block_size=8, precondition_every=3,
                                learning_rate=LR, stagger=True,
                                skip_preconditioning_dim_size_gt=32, **DEFAULTS)
   _compare(_updates(tx, params, grads_seq), ref, grads_seq, shapes)
@@ -123,9 +135,9 @@ def test_nesterov_after_preconditioning_starts_matches_reference(rng):
   params = _tree(rng, SHAPES)
   grads_seq = [_tree(rng, SHAPES) for _ in range(9)]
   tx = shampoo_optax.shampoo(LR, block_size=8, precondition_every=3, nesterov=True)
-  ref = reference.NumpyShampoo(list(SHAPES.values()), block_size=8, precondition_every=3,
+  ref = reference.NumpyShampoo(_reference_shapes(SHAPES), block_size=8, precondition_every=3,
                                learning_rate=LR, stagger=True, nesterov=True, **DEFAULTS)
-  _compare(_updates(tx, params, grads_seq), ref, grads_seq, SHAPES)
+  _compare(_updates(tx, params, grads_seq), ref, grads_seq, SHAPES, atol=3e-5)
 
 
 def test_soap_qr_refresh_matches_reference(rng):
@@ -155,12 +167,12 @@ def test_orthogonalized_shampoo_matches_reference(rng):
   params = _tree(rng, SHAPES)
   grads_seq = [_tree(rng, SHAPES) for _ in range(9)]
   tx = shampoo_optax.shampoo(LR, block_size=8, precondition_every=3, orthogonalize=True)
-  ref = reference.NumpyShampoo(list(SHAPES.values()), block_size=8, precondition_every=3,
+  ref = reference.NumpyShampoo(_reference_shapes(SHAPES), block_size=8, precondition_every=3,
                                learning_rate=LR, stagger=True, orthogonalize=True, **DEFAULTS)
   # Newton-Schulz in float32 amplifies rounding along small singular values:
   # a few 1e-5 of steps of ~1e-2 (a missing or ungrafted polar factor is ~1e-2 off).
   _compare(_updates(tx, params, grads_seq), ref, grads_seq, SHAPES, atol=5e-5)
-  plain = reference.NumpyShampoo(list(SHAPES.values()), block_size=8, precondition_every=3,
+  plain = reference.NumpyShampoo(_reference_shapes(SHAPES), block_size=8, precondition_every=3,
                                  learning_rate=LR, stagger=True, **DEFAULTS)
   with pytest.raises(AssertionError):  # the option changes the steps
     _compare(_updates(tx, params, grads_seq), plain, grads_seq, SHAPES, atol=5e-5)
@@ -208,14 +220,15 @@ def test_nesterov_soap_matches_reference(rng):
 
 
 def test_rank3_soap_matches_reference(rng):
-  """SOAP on a rank-3 leaf that stays one ``6 x 5 x 4`` block (no two sides
-  merge within ``block_size=8``): a basis per side, Adam in the eigenbasis,
-  the second moment carried into each refreshed basis."""
+  """SOAP on a rank-3 leaf kept one ``6 x 5 x 4`` block (``max_merged_dim=8``,
+  within which no two sides merge; the default would make it a matrix): a
+  basis per side, Adam in the eigenbasis, the second moment carried into each
+  refreshed basis."""
   shape = {"t": (6, 5, 4)}
   params = _tree(rng, shape)
   grads_seq = [_tree(rng, shape) for _ in range(6)]
   tx = shampoo_optax.soap(0.01, b2=0.95, block_size=8, precondition_every=1,
-                          basis_method="eigh")
+                          basis_method="eigh", max_merged_dim=8)
   want = reference.numpy_soap([g["t"] for g in grads_seq], b1=0.9, b2=0.95, eps=1e-8,
                               learning_rate=0.01)
   for t, (got, ref) in enumerate(zip(_updates(tx, params, grads_seq), want), start=1):

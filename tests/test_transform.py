@@ -51,7 +51,10 @@ def test_matches_numpy_reference(rng, stagger, k, exponent):
             precondition_every=k, start_preconditioning_step=2, exponent_override=exponent)
   params = random_tree(rng)
   grads_seq = [random_tree(rng) for _ in range(9)]
-  tx = shampoo_optax.shampoo(learning_rate=0.1, stagger_root_refresh=stagger, **hp)
+  # max_merged_dim=4: w3 stays a 3 x 4 x 5 tensor (a root per side), which the
+  # reference preconditions as it is (the default would make it a 12 x 5 matrix).
+  tx = shampoo_optax.shampoo(learning_rate=0.1, stagger_root_refresh=stagger, max_merged_dim=4,
+                             **hp)
   ours, _ = run_updates(tx, params, grads_seq)
   ref = NumpyShampoo(list(SHAPES.values()), learning_rate=0.1, **hp)
   for t, (grads, got) in enumerate(zip(grads_seq, ours)):
@@ -179,6 +182,50 @@ def test_plan_merges_blocks_and_skips():
   # pad); the one-sided 64 (p = 2) has an exponent of its own.
   dims = sorted((g.dim, g.exponent, g.size) for g in plan.groups)
   assert dims == [(64, 2, 1), (128, 4, 4 + 4 + 1 + 1)]
+
+
+def test_default_plan_preconditions_every_tensor_as_a_matrix():
+  """max_merged_dim=None (the default): dimensions merge within block_size,
+  then what still has more than two is cut into its most nearly square
+  matrix; a shard is cut along the whole parameter's axes."""
+  def merged(shape, max_merged_dim=None, global_shape=None):
+    return blocking.plan_leaf(shape, block_size=128, max_merged_dim=max_merged_dim,
+                              skip_preconditioning_dim_size_gt=4096, exponent_override=None,
+                              global_shape=global_shape).merged_shape
+
+  assert merged((512, 8, 64)) == (512, 512)  # [d_model, heads, head_dim]
+  assert merged((8, 64, 512)) == (512, 512)  # the output projection
+  assert merged((3, 3, 64, 128)) == (576, 128)  # a convolution: [kh kw c_in, c_out]
+  assert merged((7, 7, 3, 64)) == (147, 64)
+  assert merged((4, 32, 128)) == (128, 128)  # merged within block_size already
+  assert merged((96, 512)) == (96, 512) and merged((1, 300, 1)) == (300,)
+  # An explicit max_merged_dim merges greedily and leaves higher ranks as they are.
+  assert merged((512, 8, 64), max_merged_dim=128) == (512, 8, 64)
+  assert merged((512, 8, 64), max_merged_dim=4096) == (4096, 64)
+  # Shards of (512, 8, 64), cut along the whole's axes: over 8 devices on the
+  # first axis (64, 512), then folded into whole 128-row blocks (_fold_shard);
+  # over 2 on the last, (512, 256).
+  assert merged((64, 8, 64), global_shape=(512, 8, 64)) == (256, 128)
+  assert merged((512, 8, 32), global_shape=(512, 8, 64)) == (512, 256)
+
+
+def test_default_rank3_leaf_is_the_matrix_it_reshapes_to(rng):
+  """Shampoo with the defaults on a (4, 4, 8) leaf is Shampoo on its (16, 8)
+  reshape, step after step."""
+  tensor = {"t": jnp.asarray(rng.standard_normal((4, 4, 8)), jnp.float32)}
+  grads_seq = [{"t": jnp.asarray(rng.standard_normal((4, 4, 8)), jnp.float32)}
+               for _ in range(5)]
+  kwargs = dict(block_size=8, precondition_every=2, start_preconditioning_step=1)
+  ours, _ = run_updates(shampoo_optax.shampoo(0.1, **kwargs), tensor, grads_seq)
+  as_matrix, _ = run_updates(shampoo_optax.shampoo(0.1, **kwargs),
+                             {"t": tensor["t"].reshape(16, 8)},
+                             [{"t": g["t"].reshape(16, 8)} for g in grads_seq])
+  for x, y in zip(ours, as_matrix):
+    np.testing.assert_allclose(x["t"].reshape(16, 8), y["t"], rtol=1e-5, atol=1e-7)
+  # Not the rank-3 preconditioner (a root per side), which the old default gave.
+  rank3, _ = run_updates(shampoo_optax.shampoo(0.1, max_merged_dim=8, **kwargs), tensor,
+                         grads_seq)
+  assert np.abs(np.asarray(rank3[-1]["t"]) - np.asarray(ours[-1]["t"])).max() > 1e-3
 
 
 @pytest.mark.parametrize("shape", [(7, 5), (9, 4, 6), (130, 3, 70), (2, 3, 4, 5)])
@@ -359,8 +406,11 @@ def test_nan_step_under_apply_if_finite_keeps_state_usable(rng):
 def test_inject_hyperparams_matches(rng, alias, static_args):
   params = random_tree(rng)
   grads_seq = [random_tree(rng) for _ in range(5)]
+  # max_merged_dim=4 keeps w3 (3, 4, 5) whole: as the default's 12 x 5 matrix it
+  # has 4 x 1 blocks, whose rank-one statistics leave SOAP's eigenbasis free to
+  # differ with rounding.
   kwargs = dict(block_size=4, precondition_every=2, start_preconditioning_step=1, b1=0.9,
-                b2=0.9, weight_decay=1e-2)
+                b2=0.9, weight_decay=1e-2, max_merged_dim=4)
   injected = optax.inject_hyperparams(alias, static_args=static_args)(
       learning_rate=0.01, **kwargs)
   a, state = run_updates(injected, params, grads_seq)
