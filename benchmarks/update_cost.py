@@ -19,7 +19,9 @@ request), only through the package's public API (``shampoo_optax.shampoo`` / ``s
   estimate: a ``while`` body is counted once (not times its trip count), a ``conditional`` as
   its costliest branch (so the root/basis refresh, which runs on some steps only, is included).
 - op counts in the optimized HLO (``compiled.as_text()``): gather, scatter, transpose, copy,
-  while, custom-call, fusion, dynamic-slice, dynamic-update-slice, conditional, collectives
+  while, custom-call, dot (matrix products: on a GPU each distinct one is autotuned when the
+  step compiles, most of Shampoo's compile time there), fusion, dynamic-slice,
+  dynamic-update-slice, conditional, collectives
   (all-reduce, all-gather, all-to-all, collective-permute, reduce-scatter, their async forms),
   and all instructions. Counted over the **whole module**, i.e. including the instructions inside
   fused computations (XLA:CPU wraps even a lone copy or scatter in a fusion, so counting
@@ -80,7 +82,7 @@ TINY = dict(d_model=32, layers=1, heads=2, seq_len=16, block_size=16, preconditi
 TINY_OPTIMIZERS = ("adamw", "shampoo", "soap")
 
 # The op kinds counted, in table order; "collectives" sums COLLECTIVE_OPS.
-COUNTED_OPS = ("gather", "scatter", "transpose", "copy", "while", "custom-call", "fusion",
+COUNTED_OPS = ("gather", "scatter", "transpose", "copy", "while", "custom-call", "dot", "fusion",
                "dynamic-slice", "dynamic-update-slice", "conditional", "collectives")
 COLLECTIVE_OPS = frozenset(
     f"{base}{suffix}"

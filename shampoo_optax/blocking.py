@@ -15,7 +15,12 @@ hashable, cached, never traced and never stored in the optimizer state):
    are not split. The other dimensions are split into blocks of ``block_size``,
    with a smaller block for the remainder.
 3. Blocks of equal shape, from any parameter, are stacked: one array
-   ``[num_blocks, *block_shape]`` per stack.
+   ``[num_blocks, *block_shape]`` per stack. With padded slots (Shampoo; see
+   4.), blocks whose statistics share slots are padded with zeros to the
+   slots' shape and share a stack, where that is cheap (``_joined_stacks``):
+   a ``(128, 96)`` block joins the ``(128, 128)`` ones. Their statistics keep
+   the rows a stack per shape would give them, so the state's layout does not
+   depend on it.
 4. Each preconditioned axis of a stack has one statistic per block (a
    "factor matrix" in Meta's DistributedShampoo's words). Factor matrices of
    equal root exponent are grouped by size, rounded up to a power of two (at
@@ -77,7 +82,8 @@ class LeafPlan:
 
 @dataclasses.dataclass(frozen=True)
 class Stack:
-  """Blocks of one shape, stacked along a new leading axis."""
+  """Blocks of one shape, stacked along a new leading axis (some of them
+  padded with zeros to it, see ``_joined_stacks``)."""
 
   block_shape: tuple[int, ...]
   preconditioned: tuple[bool, ...]
@@ -86,21 +92,26 @@ class Stack:
   # blocks for every leaf of the class, leaf after leaf.
   members: tuple[tuple[int, int], ...]
   size: int  # total number of blocks
-  # For each preconditioned axis: (axis, index of its factor in Plan.factors).
+  # (axis, index of a factor in Plan.factors), by axis and then by the
+  # factor's first block: one factor per preconditioned axis, or, in a stack
+  # joined from several block shapes, one per axis and shape, which together
+  # cover the stack's blocks.
   factors: tuple[tuple[int, int], ...]
 
 
 @dataclasses.dataclass(frozen=True)
 class Factor:
-  """The statistics of one preconditioned axis of one stack: rows
-  ``[offset, offset + size)`` of its group, in the ``[:dim, :dim]`` corner."""
+  """The statistics of one preconditioned axis of blocks ``[start, start +
+  size)`` of one stack: rows ``[offset, offset + size)`` of its group, in the
+  ``[:dim, :dim]`` corner (the stack's blocks may be padded beyond ``dim``)."""
 
   stack: int
   axis: int
   dim: int
-  size: int  # number of blocks (= the stack's size)
+  size: int  # number of blocks
   group: int
   offset: int  # its first row in the group
+  start: int = 0  # its first block in the stack
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,6 +138,16 @@ class Plan:
 
   def class_plan(self, c: int) -> LeafPlan:
     return self.leaves[self.classes[c][0]]
+
+  def stack_factors(self, s: int, per_factor: list) -> list[tuple[int, jax.Array]]:
+    """``(axis, matrices [size, d, d])`` per preconditioned axis of stack ``s``,
+    from ``per_factor`` (one array per factor of the plan): a joined stack's
+    factors of one axis are concatenated in block order."""
+    by_axis: dict[int, list[jax.Array]] = {}
+    for axis, index in self.stacks[s].factors:
+      by_axis.setdefault(axis, []).append(per_factor[index])
+    return [(axis, parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=0))
+            for axis, parts in by_axis.items()]
 
   def member_blocks(self, c: int, piece: int) -> int:
     return len(self.classes[c]) * self.class_plan(c).pieces[piece].num_blocks
@@ -229,6 +250,36 @@ def _slot_sizes(members, blocks_of, block_size, pad_slots) -> dict[tuple[int, in
         for k in keys:
           slot[k] = big
   return slot
+
+
+def _joined_stacks(members, slot, blocks_of) -> dict[tuple, tuple]:
+  """For each block shape's key ``(shape, preconditioned, exponent)``, the key
+  of the stack its blocks go to: itself, or, padded with zeros to its
+  statistics' slots, a stack shared with other block shapes whose slots
+  match. One batched product per stack and side then serves several block
+  shapes (on a GPU, each distinct product is autotuned when the step
+  compiles). A zero row or column of a block adds nothing to its statistics,
+  and the root of a padded slot is block diagonal (the module docstring), so
+  the padding changes no result.
+
+  Shapes are joined only where that makes fewer stacks, cheapest first, while
+  the padding adds at most ``_MERGE_OVERHEAD`` to the elements of all blocks.
+  """
+  padded = {key: (tuple(slot[(d, key[2])] if is_pre else d for d, is_pre in zip(*key[:2])),
+                  *key[1:]) for key in members}
+  sharing: dict[tuple, list[tuple]] = {}
+  for key in members:
+    sharing.setdefault(padded[key], []).append(key)
+  volume = lambda key, shape: sum(blocks_of(c, j) for c, j in members[key]) * math.prod(shape)  # noqa: E731
+  budget = _MERGE_OVERHEAD * sum(volume(key, key[0]) for key in members)
+  cost = {target: sum(volume(k, target[0]) - volume(k, k[0]) for k in keys)
+          for target, keys in sharing.items() if len(keys) > 1}
+  out = {key: key for key in members}
+  for target in sorted(cost, key=cost.get):
+    if cost[target] <= budget:
+      budget -= cost[target]
+      out.update(dict.fromkeys(sharing[target], target))
+  return out
 
 
 def _segments(dim: int, block: int) -> list[tuple[int, int, int]]:
@@ -372,13 +423,23 @@ def make_plan(
   # Statistic slots: (block dim, exponent) -> slot size; groups in order of
   # appearance of their (slot size, exponent).
   slot = _slot_sizes(members, blocks_of, block_size, pad_slots)
+  # Each block shape's blocks go to a stack of their own, or with pad_slots to
+  # a stack joined with others (padded to it). The statistics' rows are laid
+  # out by block shape either way, so joining changes no state.
+  joined = _joined_stacks(members, slot, blocks_of) if pad_slots else {k: k for k in members}
+  stack_keys = list(dict.fromkeys(joined.values()))
+  stack_members: dict[tuple, list[tuple[int, int]]] = {k: [] for k in stack_keys}
+  start = {}  # block shape key -> its first block in its stack
+  for key, mem in members.items():
+    start[key] = sum(blocks_of(c, j) for c, j in stack_members[joined[key]])
+    stack_members[joined[key]].extend(mem)
   row_multiple = 2 * shard_multiple
   group_members: dict[tuple[int, int], list[int]] = {}
   group_sizes: dict[tuple[int, int], int] = {}
-  factors, stacks = [], []
+  factors = []
   for (block_shape, pre, exponent), mem in members.items():
     size = sum(blocks_of(c, j) for c, j in mem)
-    stack_factors = []
+    stack = stack_keys.index(joined[(block_shape, pre, exponent)])
     for axis, (dim, is_pre) in enumerate(zip(block_shape, pre)):
       if not is_pre:
         continue
@@ -387,9 +448,14 @@ def make_plan(
       offset = group_sizes.get(key, 0)
       group_sizes[key] = offset + size
       group_members[key].append(len(factors))
-      stack_factors.append((axis, len(factors)))
-      factors.append(Factor(len(stacks), axis, dim, size, list(group_members).index(key), offset))
-    stacks.append(Stack(block_shape, pre, exponent, tuple(mem), size, tuple(stack_factors)))
+      factors.append(Factor(stack, axis, dim, size, list(group_members).index(key), offset,
+                            start[(block_shape, pre, exponent)]))
+  stacks = []
+  for s, (block_shape, pre, exponent) in enumerate(stack_keys):
+    mem = stack_members[(block_shape, pre, exponent)]
+    own = sorted((f.axis, f.start, i) for i, f in enumerate(factors) if f.stack == s)
+    stacks.append(Stack(block_shape, pre, exponent, tuple(mem),
+                        sum(blocks_of(c, j) for c, j in mem), tuple((a, i) for a, _, i in own)))
   groups = tuple(
       Group(dim, exponent, tuple(group_members[(dim, exponent)]), size,
             -(-size // row_multiple) * row_multiple)
@@ -437,9 +503,17 @@ def to_stacks(plan: Plan, leaves: list[jax.Array], dtype=None) -> list[jax.Array
     classes.append(x if dtype is None else x.astype(dtype))
   out = []
   for stack in plan.stacks:
-    parts = [_to_blocks(classes[c], plan.class_plan(c).pieces[j]) for c, j in stack.members]
+    parts = [_pad_to(_to_blocks(classes[c], plan.class_plan(c).pieces[j]), stack.block_shape)
+             for c, j in stack.members]
     out.append(parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=0))
   return out
+
+
+def _pad_to(blocks: jax.Array, block_shape: tuple[int, ...]) -> jax.Array:
+  """``[n, *shape]`` blocks padded with zeros at the end of each axis to ``block_shape``."""
+  if tuple(blocks.shape[1:]) == tuple(block_shape):
+    return blocks
+  return jnp.pad(blocks, [(0, 0)] + [(0, b - d) for d, b in zip(blocks.shape[1:], block_shape)])
 
 
 def block_norms(plan: Plan, leaves: list[jax.Array]) -> list[jax.Array]:
@@ -481,6 +555,8 @@ def from_stacks(plan: Plan, stacks: list[jax.Array],
       piece = plan.class_plan(c).pieces[j]
       for i in plan.classes[c]:
         part = array[offset : offset + piece.num_blocks]
+        if part.shape[1:] != piece.block_shape:  # blocks padded to their stack's shape
+          part = part[(slice(None), *(slice(0, d) for d in piece.block_shape))]
         if scales is not None:
           factor = scales[s][offset : offset + piece.num_blocks]
           part = part * factor.reshape(factor.shape + (1,) * (part.ndim - 1))

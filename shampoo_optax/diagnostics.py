@@ -179,5 +179,6 @@ def _rows_of_leaf(plan: blocking.Plan, leaf: int) -> list[tuple[int, np.ndarray]
   for stack_index, first, count in plan.block_location(leaf):
     for _, index in plan.stacks[stack_index].factors:
       factor = plan.factors[index]
-      out.append((factor.group, factor.offset + first + np.arange(count)))
+      if factor.start <= first < factor.start + factor.size:  # the leaf's block shape
+        out.append((factor.group, factor.offset + first - factor.start + np.arange(count)))
   return out

@@ -120,13 +120,18 @@ def accumulate(plan: blocking.Plan, stats: tuple, grad_stacks: list[jax.Array],
   Compact storage rounds stochastically, with a key derived from ``count``
   (the same on every run).
   """
+  contributions = {}  # (stack, axis) -> [size, d, d]
+  for s, (stack, grads) in enumerate(zip(plan.stacks, grad_stacks)):
+    for axis, _ in stack.factors:
+      if (s, axis) not in contributions:
+        contributions[(s, axis)] = blocking.statistic(grads, axis)
   parts: list[list[jax.Array]] = [[] for _ in plan.groups]
-  for stack, grads in zip(plan.stacks, grad_stacks):
-    for axis, index in stack.factors:
-      factor = plan.factors[index]
-      contribution = blocking.statistic(grads, axis)
-      pad = plan.groups[factor.group].dim - factor.dim
-      parts[factor.group].append(jnp.pad(contribution, ((0, 0), (0, pad), (0, pad))))
+  for factor in plan.factors:  # in each group's row order
+    contribution = contributions[(factor.stack, factor.axis)]
+    if factor.size != contribution.shape[0]:  # one block shape of a joined stack
+      contribution = contribution[factor.start:factor.start + factor.size]
+    pad = plan.groups[factor.group].dim - contribution.shape[-1]
+    parts[factor.group].append(jnp.pad(contribution, ((0, 0), (0, pad), (0, pad))))
   weight = moments.moment_weight(b2)
   out = []
   for index, (group, old, new) in enumerate(zip(plan.groups, stats, parts)):
@@ -167,8 +172,11 @@ def _split_pairs(parts: list[jax.Array], rows: int) -> quantization.SymmetricPai
 
 
 def decode_factors(plan: blocking.Plan, stored: tuple, codec: quantization.Codec) -> list:
-  """float32 ``[size, dim, dim]`` per factor, read from its group as slices."""
-  return [codec.decode_range(stored[f.group], f.offset, f.size, f.dim, plan.groups[f.group].dim)
+  """float32 ``[size, d, d]`` per factor, read from its group as slices: ``d``
+  is its stack's block size on its axis (the factor's own ``dim``, or the
+  slot's where the stack's blocks are padded to it)."""
+  return [codec.decode_range(stored[f.group], f.offset, f.size,
+                             plan.stacks[f.stack].block_shape[f.axis], plan.groups[f.group].dim)
           for f in plan.factors]
 
 

@@ -351,14 +351,14 @@ def _precondition_and_graft(plan, blocks, roots, scalars, *, graft, orthogonaliz
   """
   a, b = scalars["mu_hat_a"], scalars.get("mu_hat_b")
   directions = []
-  for stack, m, g in zip(plan.stacks, blocks["mu"], blocks["grads"]):
+  for s, (m, g) in enumerate(zip(blocks["mu"], blocks["grads"])):
     # mu_hat = a mu (+ b g with Nesterov). Grafting rescales each block, so
     # without Nesterov the common factor a is applied only without a graft.
     if b is None:
       x = m if graft != "none" else a * m
     else:
       x = a * m + b * g
-    x = core.along_axes(x, [(axis, roots[f]) for axis, f in stack.factors], transpose=True)
+    x = core.along_axes(x, plan.stack_factors(s, roots), transpose=True)
     directions.append(core.orthogonalize_blocks(x) if orthogonalize else x)
   if graft == "none":
     return {"step": directions}

@@ -257,8 +257,8 @@ def _adam_in_eigenbasis(plan, blocks, bases, scalars, *, nesterov=False, orthogo
   """
   b1, b2, eps, count = (scalars[k] for k in ("b1", "b2", "eps", "count"))
   steps, nus = [], []
-  for stack, g, m, v in zip(plan.stacks, blocks["grads"], blocks["mu"], blocks["nu"]):
-    mats = [(axis, bases[factor]) for axis, factor in stack.factors]
+  for s, (g, m, v) in enumerate(zip(blocks["grads"], blocks["mu"], blocks["nu"])):
+    mats = plan.stack_factors(s, bases)
     g = core.along_axes(g, mats, transpose=True)
     m = core.along_axes(m, mats, transpose=True)
     v = b2 * v + (1 - b2) * jnp.square(g)
@@ -311,9 +311,10 @@ def _carry_changed(plan, nu_stacks, *, changes):
     for axis, index in stack.factors:
       factor = plan.factors[index]
       rows, changed, maps = changes[factor.group]
-      local = rows - factor.offset  # the stack's blocks among the group's rows
-      inside = changed & (local >= 0) & (local < stack.size)
-      local = jnp.where(inside, local, stack.size)  # elsewhere: not gathered, dropped
+      local = rows - factor.offset  # the factor's blocks among the group's rows
+      inside = changed & (local >= 0) & (local < factor.size)
+      # Its blocks in the stack; elsewhere: not gathered, dropped.
+      local = jnp.where(inside, local + factor.start, stack.size)
       sub = jnp.take(blocks, local, axis=0, mode="fill", fill_value=0)
       sub = core.along_axis(sub, maps, axis, transpose=False)
       blocks = blocks.at[local].set(sub, mode="drop")

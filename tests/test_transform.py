@@ -2,6 +2,8 @@
 # SPDX-License-Identifier: Apache-2.0
 """scale_by_shampoo and shampoo: reference steps, grafting, reliability."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -655,6 +657,61 @@ def test_sharing_a_padded_group_changes_nothing(rng):
     # layout's G G^T sums differently), updates of size ~1 to ~4e-6.
     for x, y in zip(together, alone):
       np.testing.assert_allclose(x[name], y[name], rtol=2e-4, atol=1e-5)
+
+
+JOIN_SHAPES = {"a": (8, 6), "b": (6, 8), "c": (8, 16), "d": (20, 12), "e": (5,)}
+
+
+def _without_joined_stacks(monkeypatch):
+  """Each block shape in a stack of its own (as before stacks were joined)."""
+  monkeypatch.setattr(blocking, "_joined_stacks", lambda members, *_: {k: k for k in members})
+  blocking.make_plan.cache_clear()
+
+
+def test_joined_stacks_keep_the_state_layout(rng, monkeypatch):
+  """Block shapes whose statistics share slots share one stack of blocks
+  padded to the slots' shape; the statistics keep the rows they had with a
+  stack per shape, so a saved state means the same."""
+  layout = blocking.Layout(8, None, 4096, 2)
+  shapes = list(JOIN_SHAPES.values())
+  joined = layout.plan_shapes(shapes)
+  leaves = [jnp.asarray(rng.standard_normal(s), jnp.float32) for s in shapes]
+  back = blocking.from_stacks(joined, blocking.to_stacks(joined, leaves))
+  for x, y in zip(leaves, back):
+    assert y is None or np.array_equal(x, y)
+  _without_joined_stacks(monkeypatch)
+  apart = layout.plan_shapes(shapes)
+  blocking.make_plan.cache_clear()
+  # a's 8 x 6 and b's 6 x 8 blocks padded into the 8 x 8 stack (6 x 6 statistics
+  # sit in 8 x 8 slots); d's blocks with a side of 4 keep theirs (4 x 4 slots).
+  assert [s.block_shape for s in apart.stacks] == [(8, 6), (6, 8), (8, 8), (8, 4), (4, 8),
+                                                   (4, 4)]
+  assert [s.block_shape for s in joined.stacks] == [(8, 8), (8, 4), (4, 8), (4, 4)]
+  assert joined.groups == apart.groups
+  fields = lambda f: (f.axis, f.dim, f.size, f.group, f.offset)  # noqa: E731
+  assert [fields(f) for f in joined.factors] == [fields(f) for f in apart.factors]
+
+
+@pytest.mark.parametrize("make", [functools.partial(shampoo_optax.shampoo, 0.1),
+                                  shampoo_optax.scale_by_shampoo])
+def test_joined_stacks_change_no_result(rng, monkeypatch, make):
+  """The same updates and the same state with and without joined stacks, over
+  steps that refresh every root (the default staggered schedule). The
+  statistics agree to rounding (a padded block's products are summed in
+  another order); a ridge keeps roots from amplifying it, as the near-null
+  directions of one or two gradients' statistics would."""
+  params = random_tree(rng, JOIN_SHAPES)
+  grads_seq = [random_tree(rng, JOIN_SHAPES) for _ in range(6)]
+  kwargs = dict(block_size=8, precondition_every=2, start_preconditioning_step=3,
+                matrix_eps=1e-2)
+  blocking.make_plan.cache_clear()
+  joined, joined_state = run_updates(make(**kwargs), params, grads_seq)
+  _without_joined_stacks(monkeypatch)
+  apart, apart_state = run_updates(make(**kwargs), params, grads_seq)
+  blocking.make_plan.cache_clear()
+  for x, y in zip(joined, apart):
+    assert_trees_close(x, y, rtol=1e-4, atol=1e-5)
+  assert_trees_close(joined_state, apart_state, rtol=1e-4, atol=1e-5)
 
 
 def _refresh_fields(state):
