@@ -175,10 +175,12 @@ def google_shampoo(learning_rate: optax.ScalarOrSchedule,
   ``skip_preconditioning_dim_size_gt=4096`` (its default and ours), ``nesterov=False``, root
   exponent ``2 * (number of preconditioned dims)`` (its default), adjacent dims merged up to
   ``block_size`` (``merge_small_dims_block_size``; ours: ``max_merged_dim`` defaults to
-  ``block_size``, then cuts what still has rank > 2 into its most nearly square matrix), and parameters of rank < 2 left to the grafting method
-  (``skip_preconditioning_rank_lt=2``). One difference remains: it tests the rank before merging,
-  so a (heads, head_dim) attention bias is preconditioned, as a vector of heads * head_dim with one
-  full statistic, where ours treats it as a vector and grafts only.
+  ``block_size``, then cuts what still has rank > 2 into its most nearly square matrix), and
+  parameters of rank < 2 left to the grafting method (``skip_preconditioning_rank_lt=2``).
+  Differences remain: it tests the rank before merging, so a (heads, head_dim) attention bias
+  with heads * head_dim <= block_size is preconditioned, as a vector with one full statistic,
+  where ours treats it as a vector and grafts only (a larger one both precondition as a heads x
+  head_dim matrix); and it keeps tensors that still have rank > 2 after merging as they are.
 
   Grafting: the package has no Adam grafting; its types are NONE, SGD, ADAGRAD, RMSPROP,
   RMSPROP_NORMALIZED, SQRT_N, ADAGRAD_NORMALIZED (``GraftingType``). RMSPROP is the closest to
