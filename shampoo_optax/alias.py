@@ -255,14 +255,9 @@ def soap(
     precondition_every: each eigenbasis is recomputed every this many steps.
     start_preconditioning_step: all eigenbases in use after this step (they
       are computed, staggered, over the ``precondition_every`` steps before).
-    max_merged_dim: merge adjacent dimensions while their product is at most
-      this. The default (``None``): merge them while it is at most
-      ``block_size``, then cut what still has more than two dimensions into
-      its most nearly square matrix (an attention kernel ``[d, heads,
-      head_dim]`` is preconditioned as ``[d, heads * head_dim]``, a ``(3, 3,
-      c_in, c_out)`` convolution as ``(9 c_in, c_out)``). A number keeps
-      higher ranks (a root per side); ``block_size`` is 0.2's default, whose
-      checkpoints of such tensors need it.
+    max_merged_dim: as :func:`shampoo`'s (default: merged within
+      ``block_size``, then every tensor of higher rank cut into its most
+      nearly square matrix, with a basis per side).
     skip_preconditioning_dim_size_gt: larger dimensions are not rotated.
     basis_method: ``'eigh'``; ``'qr'``, one power-iteration step with a QR
       from the previous basis (after a first cycle with eigh), as in SOAP; or
