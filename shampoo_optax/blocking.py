@@ -267,18 +267,25 @@ def _joined_stacks(members, slot, blocks_of) -> dict[tuple, tuple]:
   """
   padded = {key: (tuple(slot[(d, key[2])] if is_pre else d for d, is_pre in zip(*key[:2])),
                   *key[1:]) for key in members}
-  sharing: dict[tuple, list[tuple]] = {}
-  for key in members:
-    sharing.setdefault(padded[key], []).append(key)
   volume = lambda key, shape: sum(blocks_of(c, j) for c, j in members[key]) * math.prod(shape)  # noqa: E731
+  cost = {key: volume(key, padded[key][0]) - volume(key, key[0]) for key in members}
   budget = _MERGE_OVERHEAD * sum(volume(key, key[0]) for key in members)
-  cost = {target: sum(volume(k, target[0]) - volume(k, k[0]) for k in keys)
-          for target, keys in sharing.items() if len(keys) > 1}
   out = {key: key for key in members}
-  for target in sorted(cost, key=cost.get):
-    if cost[target] <= budget:
-      budget -= cost[target]
-      out.update(dict.fromkeys(sharing[target], target))
+  # Candidates: block shapes padded into another's stack (there is one of the
+  # padded shape) or into a stack of their own with at least one other.
+  candidates: dict[tuple, list[tuple]] = {}
+  for key in sorted(members, key=cost.get):
+    if key != padded[key]:
+      candidates.setdefault(padded[key], []).append(key)
+  for target, keys in sorted(candidates.items(), key=lambda kv: cost[kv[1][0]]):
+    taken = []
+    for key in keys:  # cheapest first
+      if cost[key] <= budget:
+        budget -= cost[key]
+        taken.append(key)
+    if target not in members and len(taken) == 1:  # a stack of one shape: no gain
+      budget += cost[taken.pop()]
+    out.update(dict.fromkeys(taken, target))
   return out
 
 

@@ -241,8 +241,13 @@ def case_fsdp_collectives():
   mesh = jax.make_mesh((8,), ("data",), axis_types=(AxisType.Auto,))
   # The layout at half the width (512 x 2048 etc.: the same ops, a
   # faster compile).
-  shapes = {"a": (256, 1024), "b": (1024, 256), "c": (256, 256), "scale": (256,)}
-  specs = {"a": P("data"), "b": P("data"), "c": P("data"), "scale": None}
+  # On each device c's shard (32, 256), folded into one 64 x 128 block, joins
+  # the 128 x 128 stack (blocking._joined_stacks; asserted below), whose roots
+  # are then read from two row ranges of their group; "e", replicated, keeps
+  # its 96 x 128 blocks apart (the padding budget is spent).
+  shapes = {"a": (256, 1024), "b": (1024, 256), "c": (256, 256), "e": (96, 256),
+            "scale": (256,)}
+  specs = {"a": P("data"), "b": P("data"), "c": P("data"), "e": None, "scale": None}
   params = {k: jax.ShapeDtypeStruct(s, jnp.float32, sharding=NamedSharding(mesh, specs[k] or P()))
             for k, s in shapes.items()}
   out = {}
@@ -263,6 +268,12 @@ def case_fsdp_collectives():
             jax.tree.map(lambda p: p.sharding, params), shardings))
         hlo = update.lower(params, state, params).compile().as_text()
       out[f"{name}-{'local' if local else 'global'}"] = collectives(hlo)
+  local_plan = blocking.make_plan(
+      ((32, 1024), (128, 256), (32, 256), (96, 256), (256,)),
+      global_shapes=tuple(shapes.values()), block_size=128, max_merged_dim=None,
+      skip_preconditioning_dim_size_gt=4096, exponent_override=2)
+  assert [(st.block_shape, len(st.factors)) for st in local_plan.stacks] == [
+      ((128, 128), 4), ((96, 128), 2)], local_plan.stacks
   assert out["shampoo-local"] == {} and out["soap-local"] == {} and out["adamw-local"] == {}, out
   assert out["shampoo-global"], out
   # Specs the mesh cannot honour are named with their leaf.
