@@ -15,11 +15,12 @@ hashable, cached, never traced and never stored in the optimizer state):
    are not split. The other dimensions are split into blocks of ``block_size``,
    with a smaller block for the remainder.
 3. Blocks of equal shape, from any parameter, are stacked: one array
-   ``[num_blocks, *block_shape]`` per stack. Blocks whose sides round up to
-   the same slot sizes (see 4.) are padded with zeros to that shape and share
-   a stack, where that is cheap (``_joined_stacks``): a ``(128, 96)`` block
-   joins the ``(128, 128)`` ones. Their statistics keep the rows a stack per
-   shape would give them, so the state's layout does not depend on it.
+   ``[num_blocks, *block_shape]`` per stack. With padded slots (Shampoo; see
+   4.), blocks whose statistics share slots are padded with zeros to the
+   slots' shape and share a stack, where that is cheap (``_joined_stacks``):
+   a ``(128, 96)`` block joins the ``(128, 128)`` ones. Their statistics keep
+   the rows a stack per shape would give them, so the state's layout does not
+   depend on it.
 4. Each preconditioned axis of a stack has one statistic per block (a
    "factor matrix" in Meta's DistributedShampoo's words). Factor matrices of
    equal root exponent are grouped by size, rounded up to a power of two (at
@@ -251,23 +252,21 @@ def _slot_sizes(members, blocks_of, block_size, pad_slots) -> dict[tuple[int, in
   return slot
 
 
-def _joined_stacks(members, target_dim, blocks_of) -> dict[tuple, tuple]:
+def _joined_stacks(members, slot, blocks_of) -> dict[tuple, tuple]:
   """For each block shape's key ``(shape, preconditioned, exponent)``, the key
-  of the stack its blocks go to: itself, or, padded with zeros to
-  ``target_dim`` on its preconditioned axes (its statistics' slots, or what
-  they would be padded), a stack shared with other block shapes that pad to
-  the same shape. One batched product per stack and side then serves several
-  block shapes (on a GPU, each distinct product is autotuned when the step
+  of the stack its blocks go to: itself, or, padded with zeros to its
+  statistics' slots, a stack shared with other block shapes whose slots
+  match. One batched product per stack and side then serves several block
+  shapes (on a GPU, each distinct product is autotuned when the step
   compiles). A zero row or column of a block adds nothing to its statistics,
-  and its matrices are block diagonal in the padding (a padded slot's root,
-  or the identity put there where a matrix is read), so the padding changes
-  no result.
+  and the root of a padded slot is block diagonal (the module docstring), so
+  the padding changes no result.
 
   Shapes are joined only where that makes fewer stacks, cheapest first, while
   the padding adds at most ``_MERGE_OVERHEAD`` to the elements of all blocks.
   """
-  padded = {key: (tuple(target_dim[(d, key[2])] if is_pre else d
-                        for d, is_pre in zip(*key[:2])), *key[1:]) for key in members}
+  padded = {key: (tuple(slot[(d, key[2])] if is_pre else d for d, is_pre in zip(*key[:2])),
+                  *key[1:]) for key in members}
   volume = lambda key, shape: sum(blocks_of(c, j) for c, j in members[key]) * math.prod(shape)  # noqa: E731
   cost = {key: volume(key, padded[key][0]) - volume(key, key[0]) for key in members}
   budget = _MERGE_OVERHEAD * sum(volume(key, key[0]) for key in members)
@@ -431,15 +430,10 @@ def make_plan(
   # Statistic slots: (block dim, exponent) -> slot size; groups in order of
   # appearance of their (slot size, exponent).
   slot = _slot_sizes(members, blocks_of, block_size, pad_slots)
-  # Each block shape's blocks go to a stack of their own, or to a stack joined
-  # with others (padded to it). The statistics' rows are laid out by block
-  # shape either way, so joining changes no state.
-  # Stacks join at the slots' shape, or, with slots of the statistics' own size
-  # (SOAP), at the size a padded slot would have (their matrices are then
-  # padded to it where they are read, see factor_matrices.decode_factors).
-  target_dim = {key: size if pad_slots else group_dim(key[0], block_size)
-                for key, size in slot.items()}
-  joined = _joined_stacks(members, target_dim, blocks_of)
+  # Each block shape's blocks go to a stack of their own, or with pad_slots to
+  # a stack joined with others (padded to it). The statistics' rows are laid
+  # out by block shape either way, so joining changes no state.
+  joined = _joined_stacks(members, slot, blocks_of) if pad_slots else {k: k for k in members}
   stack_keys = list(dict.fromkeys(joined.values()))
   stack_members: dict[tuple, list[tuple[int, int]]] = {k: [] for k in stack_keys}
   start = {}  # block shape key -> its first block in its stack

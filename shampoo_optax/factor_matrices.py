@@ -130,10 +130,7 @@ def accumulate(plan: blocking.Plan, stats: tuple, grad_stacks: list[jax.Array],
     contribution = contributions[(factor.stack, factor.axis)]
     if factor.size != contribution.shape[0]:  # one block shape of a joined stack
       contribution = contribution[factor.start:factor.start + factor.size]
-    dim = plan.groups[factor.group].dim
-    if contribution.shape[-1] > dim:  # blocks padded beyond their slot (SOAP's exact slots)
-      contribution = contribution[:, :dim, :dim]
-    pad = dim - contribution.shape[-1]
+    pad = plan.groups[factor.group].dim - contribution.shape[-1]
     parts[factor.group].append(jnp.pad(contribution, ((0, 0), (0, pad), (0, pad))))
   weight = moments.moment_weight(b2)
   out = []
@@ -176,24 +173,11 @@ def _split_pairs(parts: list[jax.Array], rows: int) -> quantization.SymmetricPai
 
 def decode_factors(plan: blocking.Plan, stored: tuple, codec: quantization.Codec) -> list:
   """float32 ``[size, d, d]`` per factor, read from its group as slices: ``d``
-  is its stack's block size on its axis (the factor's own ``dim``, or, where
-  the stack's blocks are padded, the slot's; beyond the slot, as SOAP's exact
-  slots are, the identity is put in the padding)."""
-  out = []
-  for f in plan.factors:
-    d, slot = plan.stacks[f.stack].block_shape[f.axis], plan.groups[f.group].dim
-    mats = codec.decode_range(stored[f.group], f.offset, f.size, min(d, slot), slot)
-    out.append(pad_with_identity(mats, d))
-  return out
-
-
-def pad_with_identity(mats: jax.Array, d: int) -> jax.Array:
-  """``[n, k, k]`` matrices as ``[n, d, d]`` ones, the identity in the new corner."""
-  k = mats.shape[-1]
-  if k == d:
-    return mats
-  corner = jnp.pad(jnp.eye(d - k, dtype=mats.dtype), ((k, 0), (k, 0)))
-  return jnp.pad(mats, ((0, 0), (0, d - k), (0, d - k))) + corner[None]
+  is its stack's block size on its axis (the factor's own ``dim``, or the
+  slot's where the stack's blocks are padded to it)."""
+  return [codec.decode_range(stored[f.group], f.offset, f.size,
+                             plan.stacks[f.stack].block_shape[f.axis], plan.groups[f.group].dim)
+          for f in plan.factors]
 
 
 def refresh(plan: blocking.Plan, stats: tuple, precond: tuple, errors: tuple,

@@ -316,9 +316,6 @@ def _carry_changed(plan, nu_stacks, *, changes):
       # Its blocks in the stack; elsewhere: not gathered, dropped.
       local = jnp.where(inside, local + factor.start, stack.size)
       sub = jnp.take(blocks, local, axis=0, mode="fill", fill_value=0)
-      # A joined stack's blocks may be padded beyond the factor's size: the
-      # padding's second moments (zeros) stay where they are.
-      maps = factor_matrices.pad_with_identity(maps, stack.block_shape[axis])
       sub = core.along_axis(sub, maps, axis, transpose=False)
       blocks = blocks.at[local].set(sub, mode="drop")
     out.append(blocks)
