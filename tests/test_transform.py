@@ -714,6 +714,18 @@ def test_joined_stacks_change_no_result(rng, monkeypatch, make):
   assert_trees_close(joined_state, apart_state, rtol=1e-4, atol=1e-5)
 
 
+def test_transformer_layer_is_one_stack():
+  """Issue 12's LM at d_model 512 (flax attention kernels [512, 8, 64] and
+  [8, 64, 512], [8, 64] biases, a 96-character vocabulary): the default plan
+  has one stack of 128 x 128 blocks, so its update has one batched product per
+  side (on a GPU each distinct product is autotuned when the step compiles)."""
+  shapes = [(512, 8, 64)] * 3 + [(8, 64)] * 3 + [(8, 64, 512), (512,), (512, 2048), (2048,),
+                                                 (2048, 512), (96, 512), (256, 512), (512, 96)]
+  plan = blocking.Layout(128, None, 4096, 2).plan_shapes(shapes)
+  assert [s.block_shape for s in plan.stacks] == [(128, 128)]
+  assert [g.dim for g in plan.groups] == [128]
+
+
 def _refresh_fields(state):
   """The refreshed part of a Shampoo or SOAP state: roots or bases, errors, failures."""
   inner = state[0]
