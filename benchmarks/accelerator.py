@@ -224,10 +224,10 @@ def measure(args: argparse.Namespace, out: pathlib.Path) -> None:
   result.update(compile_s=done_at - start, trace_s=traced_at - start,
                 lower_s=lowered_at - traced_at, xla_compile_s=done_at - lowered_at,
                 phase="first step")
+  if args.hlo_dir:
+    pathlib.Path(args.hlo_dir).mkdir(parents=True, exist_ok=True)
+    (pathlib.Path(args.hlo_dir) / f"{name}.hlo.txt").write_text(step.as_text())
   if args.compile_only:
-    if args.hlo_dir:
-      pathlib.Path(args.hlo_dir).mkdir(parents=True, exist_ok=True)
-      (pathlib.Path(args.hlo_dir) / f"{name}.hlo.txt").write_text(step.as_text())
     result.update(phase="done")
     _write(out, result)
     return
@@ -259,8 +259,6 @@ def measure(args: argparse.Namespace, out: pathlib.Path) -> None:
   result.update(pipelined_step_s=(time.perf_counter() - start) / args.steps)
   stats = device.memory_stats() or {}
   peak = stats.get("peak_bytes_in_use")
-  if args.hlo_dir:
-    pathlib.Path(args.hlo_dir).mkdir(parents=True, exist_ok=True)
   if args.profile:
     result.update(phase="profile")
     _write(out, result)
@@ -276,8 +274,6 @@ def measure(args: argparse.Namespace, out: pathlib.Path) -> None:
           keep=pathlib.Path(args.hlo_dir) / f"{name}.xplane.pb" if args.hlo_dir else None)
     except Exception as e:  # noqa: BLE001  (a profiler that cannot start costs no figures)
       result["profile"] = dict(error=f"{type(e).__name__}: {e}"[:300])
-  if args.hlo_dir:
-    (pathlib.Path(args.hlo_dir) / f"{name}.hlo.txt").write_text(step.as_text())
   result.update(
       phase="done", step_s=statistics.median(times), worst_step_s=max(times),
       step_times_s=times, peak_bytes=None if peak is None else int(peak),
@@ -630,13 +626,16 @@ def parent(args: argparse.Namespace) -> None:
 
 
 def _xla_option(text: str) -> tuple[str, Any]:
+  """``KEY=VALUE`` with VALUE read as a bool, int or float where it is one."""
   key, sep, value = text.partition("=")
   if not sep:
     raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-  for parse in (int, float, {"true": True, "false": False}.__getitem__):
+  if value.lower() in ("true", "false"):
+    return key, value.lower() == "true"
+  for parse in (int, float):
     try:
-      return key, parse(value.lower() if parse not in (int, float) else value)
-    except (ValueError, KeyError):
+      return key, parse(value)
+    except ValueError:
       pass
   return key, value
 
