@@ -102,6 +102,7 @@ class Core:
     def update_fn(updates, state, params=None, **extra_args):
       del params, extra_args
       validation.check_updates_match(updates, self.moments.shapes(state.mu))
+      self._check_groups(updates, state)
       count = optax.safe_increment(state.count)
       mu, nu = self.moments.load(state.mu, state.nu, updates)
       step, mu, nu, groups = step_fn(updates, mu, nu, tuple(state[3:]), count)
@@ -110,6 +111,46 @@ class Core:
       return updates, state_cls(count, mu, nu, *groups)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+  def _check_groups(self, grads, state) -> None:
+    """Raises an error when the state's per-group fields (statistics,
+    preconditioners, errors, failures) are not shaped as ``grads``' block plan
+    needs: a state made with other layout settings, by 0.2 for tensors of rank
+    > 2, or (local blocks) for other shards. A state may hold more padding rows
+    than this mesh's (saved on a larger mesh, see ``abstract_state``), not
+    fewer. Shapes only, at trace time."""
+    if self.local is None:  # the fewest rows a state can have: no mesh's padding
+      layout = dataclasses.replace(self.layout, shard_multiple=1)
+      plan, replicas = layout.plan_shapes([x.shape for x in jax.tree.leaves(grads)]), 1
+    else:
+      plan, replicas = self.plan(grads), self.local.replicas
+    want = jax.eval_shape(functools.partial(
+        factor_matrices.init, plan, self.codec, self.precond_codec,
+        sharding_lib.BlockSharding(), replicas=replicas))
+
+    def fits(got, want):
+      return (str(got.dtype) == str(want.dtype) and got.shape[1:] == want.shape[1:]
+              and (got.shape[0] >= want.shape[0] if self.local is None
+                   else got.shape[0] == want.shape[0]))
+
+    for name, got_field, want_field in zip(type(state)._fields[3:], state[3:], want):
+      got_groups = [jax.tree.leaves(g) for g in got_field]
+      want_groups = [jax.tree.leaves(g) for g in want_field]
+      if len(got_groups) == len(want_groups) and all(
+          len(g) == len(w) and all(map(fits, g, w)) for g, w in zip(got_groups, want_groups)):
+        continue
+      local = ("A state made with local blocks (param_specs) restores only onto a mesh that "
+               "cuts the parameters into the same shards (same param_specs, same block-axis "
+               "size). " if self.local is not None else "")
+      raise ValueError(
+          f"the optimizer state's {name} do not fit these parameters' block plan: "
+          f"the state holds {len(got_groups)} group(s) shaped {_shapes(got_groups)}, the plan "
+          f"needs {len(want_groups)} shaped {_shapes(want_groups)}"
+          f"{' (or more rows)' if self.local is None else ''}. {local}The state was made with "
+          "other layout settings (block_size, max_merged_dim, skip_preconditioning_dim_size_gt, "
+          "exponent_override, statistics_dtype). A state saved by shampoo_optax 0.2 for "
+          "parameters of rank > 2 restores with max_merged_dim=block_size (0.2's layout); see "
+          "the README's 'Changed in 0.3.0'")
 
   def block_step(self, plan: blocking.Plan, inputs: dict[str, list], groups: tuple,
                  count: jax.Array, scalars: dict[str, Any], variant: Variant, *, like: Any):
@@ -133,15 +174,7 @@ class Core:
   def _local_block_step(self, plan, inputs, groups, count, scalars, variant, like):
     """block_step under FSDP: every device on its own shards, in one shard_map."""
     specs = self.local.leaf_specs(like)
-    stats = groups[0]
-    for group, stored in zip(plan.groups, stats):
-      rows = self.codec.num_matrices(stored)
-      if rows != self.local.replicas * group.padded_size:
-        raise ValueError(
-            f"the state's statistics have {rows} rows where these parameters' local blocks "
-            f"on {self.local.replicas} devices need {self.local.replicas * group.padded_size}: "
-            "a state made with local blocks restores only onto a mesh that cuts the parameters "
-            "into the same shards (same param_specs, same block-axis size)")
+    # The state's groups were checked against this plan (_check_groups).
     # Inputs sharded otherwise (not as param_specs say) are resharded first:
     # correct, at the cost of the communication this mode exists to avoid.
     mesh = self.block_sharding.mesh
@@ -189,6 +222,11 @@ class Core:
     leaves = {name: preconditioned_only(plan, _from_stacks(plan, outputs[name]))
               for name in variant.outputs}
     return leaves, (stats, precond, errors, failures)
+
+
+def _shapes(groups: list[list]) -> list:
+  """Shapes and dtypes of each group's arrays, for an error message."""
+  return [[(tuple(x.shape), str(x.dtype)) for x in group] for group in groups]
 
 
 def _from_stacks(plan, output):

@@ -73,3 +73,18 @@ def test_a_state_of_another_optimizer_is_an_error(rng):
   saved = [{"count": np.zeros((), np.int32)}]
   with pytest.raises(ValueError, match="no leaf"):
     shampoo_optax.upgrade_state(saved, shampoo_optax.shampoo(1e-2, **KW), params)
+
+
+@pytest.mark.parametrize("make", [shampoo_optax.shampoo, shampoo_optax.soap])
+def test_a_state_of_another_block_plan_is_an_error(make):
+  """A state laid out for another plan (0.2's rank-3 layout, another block size)
+  is refused with an error that says what to pass, not an indexing error."""
+  params = {"w": jnp.ones((16, 4, 4)), "b": jnp.ones((4, 4))}
+  default = make(1e-2, block_size=8)
+  default.update(params, default.init(params), params)  # its own state is fine
+  saved_by_0_2 = make(1e-2, block_size=8, max_merged_dim=8).init(params)
+  with pytest.raises(ValueError, match=r"do not fit these parameters' block plan.*"
+                     r"max_merged_dim=block_size"):
+    default.update(params, saved_by_0_2, params)
+  with pytest.raises(ValueError, match="do not fit these parameters' block plan"):
+    default.update(params, make(1e-2, block_size=4).init(params), params)
