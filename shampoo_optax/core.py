@@ -61,9 +61,9 @@ class Variant:
   # what is done with it after the refresh.
   change: factor_matrices.Change | None = None
   after_refresh: AfterRefresh | None = None
-  # Whether compute on a zero-padded factor matrix gives the padded result
-  # (Shampoo's roots; not SOAP's bases), so groups may share one computation.
-  pads: bool = False
+  # How a smaller group's due factor matrices are padded so that groups of
+  # several sizes share one computation (factor_matrices.refresh); None: apart.
+  pad: factor_matrices.Pad | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -208,7 +208,7 @@ class Core:
     refresh = functools.partial(
         factor_matrices.refresh, plan, stats, count=count, compute=variant.compute,
         schedule=self.schedule, block_sharding=block_sharding, codec=self.codec,
-        precond_codec=self.precond_codec, share=variant.pads,
+        precond_codec=self.precond_codec, pad=variant.pad,
         # Per-device work on simulated CPU devices: see factor_matrices.
         per_device=self.block_sharding.size > 1)
     if variant.refresh_first:

@@ -48,6 +48,18 @@ Compute = Callable[[jax.Array, jax.Array, int, jax.Array],
 # change(old preconditioners [r, d, d], new ones [r, d, d]) -> [r, d, d]: what a
 # variant needs to know of each refreshed row (SOAP: how its basis turned).
 Change = Callable[[jax.Array, jax.Array], jax.Array]
+# pad(statistics [r, d, d], old preconditioners [r, d, d], size) -> both [r, size, size]:
+# how a smaller group's due rows enter a computation shared with a larger group,
+# chosen so that the computed preconditioner's top-left d x d corner is the
+# group's own (see refresh).
+Pad = Callable[[jax.Array, jax.Array, int], tuple[jax.Array, jax.Array]]
+
+
+def zero_pad(stats: jax.Array, old: jax.Array, size: int) -> tuple[jax.Array, jax.Array]:
+  """Pad: zeros (an inverse root of a zero-padded statistic is the padded root)."""
+  d = stats.shape[-1]
+  pad = lambda x: jnp.pad(x, ((0, 0), (0, size - d), (0, size - d)))  # noqa: E731
+  return pad(stats), pad(old)
 
 
 class Changes(NamedTuple):
@@ -184,14 +196,15 @@ def refresh(plan: blocking.Plan, stats: tuple, precond: tuple, errors: tuple,
             failures: tuple, count: jax.Array, *, compute: Compute, schedule: Schedule,
             block_sharding, codec: quantization.Codec,
             precond_codec: quantization.Codec, per_device: bool = False,
-            change: Change | None = None, share: bool = False) -> tuple:
+            change: Change | None = None, pad: Pad | None = None) -> tuple:
   """Recomputes the preconditioners that are due at step ``count``.
 
-  Group by group; with ``share`` (for a ``compute`` whose result on a
-  zero-padded statistic is the padded result, as Shampoo's roots are), the
+  Group by group; with ``pad`` (how ``compute`` takes a smaller statistic
+  padded to a larger size and still gives the group's own result in the
+  top-left corner: zeros for Shampoo's roots, see :func:`zero_pad`), the
   groups of one exponent that :func:`shared_computations` bundles take one
-  ``compute`` together, their due statistics zero-padded to the largest
-  size: one root computation to compile instead of one per group.
+  ``compute`` together, their due statistics padded to the largest size: one
+  computation to compile and launch instead of one per group.
 
   Returns ``(precond, errors, failures, changes)``: ``changes`` is, with
   ``change``, the :class:`Changes` of each group, computed in the refresh
@@ -205,13 +218,13 @@ def refresh(plan: blocking.Plan, stats: tuple, precond: tuple, errors: tuple,
   if per_device:
     compute = _one_matrix_at_a_time_on_cpu(compute)
   out: list = [None] * len(plan.groups)
-  bundles = ([[g] for g in range(len(plan.groups))] if change is not None or not share
+  bundles = ([[g] for g in range(len(plan.groups))] if pad is None
              else shared_computations(plan.groups))
   for bundle in bundles:
     refresh_bundle = functools.partial(
         _refresh_bundle, dims=tuple(plan.groups[g].dim for g in bundle),
         exponent=plan.groups[bundle[0]].exponent, compute=compute, schedule=schedule,
-        codec=codec, precond_codec=precond_codec, change=change)
+        codec=codec, precond_codec=precond_codec, change=change, pad=pad or zero_pad)
     parts = tuple(tuple(x[g] for g in bundle) for x in (stats, precond, errors, failures))
     for g, o in zip(bundle, block_sharding.map_blocks(refresh_bundle, parts, (count,))):
       out[g] = o
@@ -322,9 +335,9 @@ def shared_computations(groups: tuple[blocking.Group, ...]) -> list[list[int]]:
 
 
 def _refresh_bundle(stats, precond, errors, failures, count, device, *, dims, exponent,
-                    compute, schedule, codec, precond_codec, change=None):
+                    compute, schedule, codec, precond_codec, change=None, pad=zero_pad):
   """Groups (or one device's rows of them) that share one ``compute``:
-  refresh the rows that are due. One group each with ``change``.
+  refresh the rows that are due.
 
   Returns per group its new (precond, errors, failures); with ``change``,
   also the refreshed rows (as group rows: ``device * n`` added), whether each
@@ -334,7 +347,7 @@ def _refresh_bundle(stats, precond, errors, failures, count, device, *, dims, ex
   due = [due_rows(schedule, count, n, device * n) for n in ns]  # rows past n: dropped
   update = functools.partial(_update_rows, dims=dims, exponent=exponent, count=count,
                              compute=compute, dense=schedule.dense, codec=codec,
-                             precond_codec=precond_codec, change=change)
+                             precond_codec=precond_codec, change=change, pad=pad)
   keep = functools.partial(_keep, dims=dims, change=change)
   any_due = functools.reduce(jnp.logical_or, [jnp.any(d) for _, d in due])
   if schedule.dense:  # every row on every step it is due: none written on others
@@ -348,17 +361,16 @@ def _refresh_bundle(stats, precond, errors, failures, count, device, *, dims, ex
   out = cond(any_due, update, keep, stats, precond, errors, failures, rows)
   if change is None:
     return out
-  ((precond, errors, failures, changed, values),) = out
-  ((r, n),) = zip(rows, ns)
-  return ((precond, errors, failures, r + device * n, changed & (r < n), values),)
+  return tuple((p, e, f, r + device * n, changed & (r < n), values)
+               for (p, e, f, changed, values), r, n in zip(out, rows, ns))
 
 
 def _keep(stats, precond, errors, failures, rows, *, dims, change=None):
   del stats
   if change is None:
     return tuple(zip(precond, errors, failures))
-  ((p, e, f, r, d),) = zip(precond, errors, failures, rows, dims)
-  return ((p, e, f, jnp.zeros(r.shape, bool), jnp.zeros((*r.shape, d, d), jnp.float32)),)
+  return tuple((p, e, f, jnp.zeros(r.shape, bool), jnp.zeros((*r.shape, d, d), jnp.float32))
+               for p, e, f, r, d in zip(precond, errors, failures, rows, dims))
 
 
 def _read(codec, stored, rows, d, dense, ridge=False):
@@ -380,21 +392,19 @@ def _read(codec, stored, rows, d, dense, ridge=False):
 
 
 def _update_rows(stats, precond, errors, failures, rows, *, dims, exponent, count, compute,
-                 dense, codec, precond_codec, change=None, live=True):
+                 dense, codec, precond_codec, change=None, live=True, pad=zero_pad):
   """Per group, new preconditioners where they are good; the old ones (and a
   failure) elsewhere; all of them old where ``live`` is false (a scalar). Groups
-  smaller than the first are zero-padded to its size for one ``compute``, and
-  their results cut back."""
+  smaller than the first are padded to its size (``pad``) for one ``compute``,
+  and their results cut back."""
   s = [_read(codec, x, r, d, dense, ridge=True) for x, r, d in zip(stats, rows, dims)]
   old = [_read(precond_codec, x, r, d, dense) for x, r, d in zip(precond, rows, dims)]
   if len(dims) == 1:
     results = [compute(s[0], old[0], exponent, count)]
   else:
-    size = dims[0]
-    pad = lambda x, d: jnp.pad(x, ((0, 0), (0, size - d), (0, size - d)))  # noqa: E731
-    new, error, ok = compute(jnp.concatenate([pad(x, d) for x, d in zip(s, dims)]),
-                             jnp.concatenate([pad(x, d) for x, d in zip(old, dims)]),
-                             exponent, count)
+    padded = [pad(x, o, dims[0]) if d < dims[0] else (x, o) for x, o, d in zip(s, old, dims)]
+    new, error, ok = compute(jnp.concatenate([x for x, _ in padded]),
+                             jnp.concatenate([o for _, o in padded]), exponent, count)
     ends = np.cumsum([x.shape[0] for x in s])
     results = [(n[:, :d, :d], e, o) for n, e, o, d in
                zip(*(jnp.split(x, ends[:-1]) for x in (new, error, ok)), dims)]

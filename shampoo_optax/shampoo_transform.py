@@ -313,7 +313,7 @@ def scale_by_shampoo(
           _inverse_roots, method=root_method, matrix_eps=matrix_eps,
           max_root_error=max_root_error, pseudo_inverse_rtol=pseudo_inverse_rtol),
       apply=functools.partial(_precondition_and_graft, graft=graft, orthogonalize=orthogonalize),
-      outputs=("step",), refresh_first=True, pads=True)
+      outputs=("step",), refresh_first=True, pad=factor_matrices.zero_pad)
 
   def step_fn(grads, mu, nu, groups, count):
     mu = optax.tree.update_moment(grads, mu, b1, 1)

@@ -207,7 +207,8 @@ def scale_by_soap(
                               orthogonalize=orthogonalize),
       outputs=("step", "nu"), refresh_first=False, change=_rotation_map,
       after_refresh=functools.partial(_carry_second_moment,
-                                      staggered=stagger_basis_refresh))
+                                      staggered=stagger_basis_refresh),
+      pad=_separated_pad)
 
   def adam(grads, mu, nu, count):
     """Adam's step (mu already updated), for the leaves SOAP does not rotate."""
@@ -322,13 +323,38 @@ def _carry_changed(plan, nu_stacks, *, changes):
   return out
 
 
+def _separated_pad(stats: jax.Array, old: jax.Array, size: int) -> tuple[jax.Array, jax.Array]:
+  """factor_matrices.Pad for SOAP: statistics padded with ``-c I``, ``c`` above
+  their spectral radius, and bases with ``I``.
+
+  Zero padding would give the padded coordinates eigenvalue 0, tied with a
+  rank-deficient statistic's own null space, so that eigh could mix the two.
+  Separated below every eigenvalue, the padded coordinates are eigenvectors of
+  their own: the block-diagonal matrix decomposes into the statistic's basis
+  (rows and columns ``:d``, with the eigenvalues in descending order, as
+  :func:`_eigenbasis` returns them) and unit vectors, and the QR refresh, whose
+  columns are sorted by their estimated eigenvalues, keeps them last too.
+  """
+  d = stats.shape[-1]
+  padding = jnp.arange(size) >= d
+  bound = 1 + jnp.sum(jnp.abs(stats), axis=(-2, -1))  # >= the spectral radius
+  widen = lambda x: jnp.pad(x, ((0, 0), (0, size - d), (0, size - d)))  # noqa: E731
+  eye = jnp.diag(padding.astype(stats.dtype))[None]
+  return widen(stats) - bound[:, None, None] * eye, widen(old) + eye
+
+
 def _eigenbasis(stats, old, exponent, count, *, method, qr_from):
-  """factor_matrices.Compute for SOAP: (basis, orthogonality error, ok)."""
+  """factor_matrices.Compute for SOAP: (basis, orthogonality error, ok).
+
+  The basis's columns are in descending order of their eigenvalues (eigh's
+  reversed): the order the QR refresh keeps, and the one that puts the
+  statistic's own basis first when it is padded (:func:`_separated_pad`).
+  """
   del exponent
   hi = jax.lax.Precision.HIGHEST
 
   def eigh():
-    return matrix_functions.eigh(stats)[1]
+    return matrix_functions.eigh(stats)[1][..., ::-1]
 
   def refine():
     # One step of subspace iteration from the previous basis, re-orthonormalized

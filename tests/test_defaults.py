@@ -219,6 +219,65 @@ def test_nesterov_soap_matches_reference(rng):
   assert max(np.abs(a - b).max() for a, b in zip(want, plain)) > 1e-3
 
 
+# SOAP: ten statistics of size 16 (a's five 16 x 16 blocks), w's 6 and 5. The
+# 6-group's bases are computed with the 16-group's, padded (see
+# soap_transform._separated_pad); the 5-group's apart.
+SOAP_SHARED_SHAPES = {"a": (16, 80), "w": (6, 5)}
+
+
+@pytest.mark.parametrize("basis_method", ["eigh", "qr"])
+def test_soap_groups_sharing_a_basis_computation_match_reference(rng, basis_method):
+  """Eigenbases of two sizes computed together are each block's own: every
+  block's updates match SOAP's float64 reference on that block alone. After
+  the first step w's 6 x 6 statistic has a null space, which padding with
+  zeros would tie with the padded coordinates."""
+  plan = blocking.Layout(16, None, 4096, pad_slots=False).plan_shapes(
+      list(SOAP_SHARED_SHAPES.values()))
+  assert [g.dim for g in plan.groups] == [16, 6, 5]
+  assert factor_matrices.shared_computations(plan.groups) == [[0, 1], [2]]
+  params = _tree(rng, SOAP_SHARED_SHAPES)
+  grads_seq = [_tree(rng, SOAP_SHARED_SHAPES) for _ in range(6)]
+  tx = shampoo_optax.soap(0.01, b2=0.95, block_size=16, precondition_every=1,
+                          basis_method=basis_method)
+  ours = _updates(tx, params, grads_seq)
+  blocks = {"w": lambda x: x} | {f"a{j}": (lambda x, j=j: x[:, 16 * j:16 * (j + 1)])
+                                 for j in range(5)}
+  for name, cut in blocks.items():
+    leaf = name[0]
+    want = reference.numpy_soap([cut(np.asarray(g[leaf])) for g in grads_seq], b1=0.9,
+                                b2=0.95, eps=1e-8, learning_rate=0.01,
+                                basis_method=basis_method)
+    for t, (got, ref) in enumerate(zip(ours, want), start=1):
+      np.testing.assert_allclose(cut(np.asarray(got[leaf])), ref, rtol=2e-3, atol=2e-6,
+                                 err_msg=f"step {t} {name}")
+
+
+def test_soap_shared_basis_computation_changes_no_result(rng, monkeypatch):
+  """With the default staggered refresh, sharing the computation (as above) or
+  computing each group apart gives the same updates and second moments."""
+  params = _tree(rng, SOAP_SHARED_SHAPES)
+  grads_seq = [_tree(rng, SOAP_SHARED_SHAPES) for _ in range(9)]
+  runs = []
+  for apart in (False, True):
+    if apart:
+      monkeypatch.setattr(factor_matrices, "shared_computations",
+                          lambda groups: [[g] for g in range(len(groups))])
+    tx = shampoo_optax.soap(0.01, block_size=16, precondition_every=3)
+    state = tx.init(params)
+    update = jax.jit(tx.update)
+    steps = []
+    for grads in grads_seq:
+      out, state = update(grads, state, params)
+      steps.append(out)
+    runs.append((steps, state[0].nu))
+  (shared, nu_shared), (alone, nu_alone) = runs
+  for t, (a, b) in enumerate(zip(shared, alone), start=1):
+    for k in a:
+      np.testing.assert_allclose(a[k], b[k], rtol=1e-4, atol=1e-7, err_msg=f"step {t} {k}")
+  for k in nu_shared:
+    np.testing.assert_allclose(nu_shared[k], nu_alone[k], rtol=1e-4, atol=1e-12)
+
+
 def test_rank3_soap_matches_reference(rng):
   """SOAP on a rank-3 leaf kept one ``6 x 5 x 4`` block (``max_merged_dim=8``,
   within which no two sides merge; the default would make it a matrix): a

@@ -230,7 +230,7 @@ def test_carried_second_moment_keeps_small_values():
   swap = jnp.asarray([[[0.0, 1.0], [1.0, 0.0]]] * 2)  # the current bases of L and R
   nu = jnp.asarray([[1e-12, 1e-12], [1.0, 1.0]])
   stats = quantization.Codec().encode(
-      jnp.asarray([np.diag([1.0, 2.0])] * 2, jnp.float32))  # eigh's basis is I
+      jnp.asarray([np.diag([2.0, 1.0])] * 2, jnp.float32))  # the basis, descending, is I
   state = state._replace(count=jnp.asarray(5, jnp.int32), nu={"w": nu}, stats=(stats,),
                          bases=(swap,))
   _, state = jax.jit(tx.update)({"w": jnp.zeros((2, 2))}, state)
