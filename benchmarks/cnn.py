@@ -103,6 +103,8 @@ def main(argv=None, *, doc=__doc__, title="CNN on digits", make_model=nnx_digits
                              ("soap_b2_0.95", "soap", dict(b2=0.95))):
     makers[label] = functools.partial(makers[base], **fixed)
   specs = [peers.parse_spec(spec) for spec in args.optimizers.split(",")]
+  if "adamw" not in [name for name, _, _ in specs]:  # the ratios' baseline, as in lm.py
+    specs = [("adamw", {}, None), *specs]
   print(f"$ python {' '.join(sys.argv)}")
   print(lm.machine())
   results, failed, edges = {}, {}, []

@@ -51,6 +51,13 @@ def test_benchmark_tiny(script):
   assert "jax" in out  # every benchmark prints the machine and versions first
 
 
+def test_cnn_benchmark_without_adamw_in_its_list():
+  """AdamW, the ratios' baseline, is added when the list leaves it out (it used to
+  end in a StopIteration after every run was done)."""
+  out = run_script(ROOT / "benchmarks" / "cnn.py", "--tiny", "--optimizers", "shampoo")
+  assert "  adamw: " in out and "  shampoo: " in out
+
+
 @pytest.mark.parametrize("script", ["examples/char_lm.py", "examples/nnx_digits.py",
                                     "benchmarks/lm.py", "benchmarks/cnn.py"])
 def test_help(script):
