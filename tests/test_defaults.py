@@ -39,14 +39,19 @@ def _tree(rng, shapes):
   return {k: jnp.asarray(rng.standard_normal(s), jnp.float32) for k, s in shapes.items()}
 
 
-def _updates(tx, params, grads_seq):
+def _run(tx, params, grads_seq):
+  """Every step's updates, and the state after the last."""
   state = tx.init(params)
   update = jax.jit(tx.update)
   out = []
   for grads in grads_seq:
     updates, state = update(grads, state, params)
     out.append(updates)
-  return out
+  return out, state
+
+
+def _updates(tx, params, grads_seq):
+  return _run(tx, params, grads_seq)[0]
 
 
 def _reference_shapes(shapes):
@@ -262,13 +267,8 @@ def test_soap_shared_basis_computation_changes_no_result(rng, monkeypatch):
     if apart:
       monkeypatch.setattr(factor_matrices, "shared_computations",
                           lambda groups: [[g] for g in range(len(groups))])
-    tx = shampoo_optax.soap(0.01, block_size=16, precondition_every=3)
-    state = tx.init(params)
-    update = jax.jit(tx.update)
-    steps = []
-    for grads in grads_seq:
-      out, state = update(grads, state, params)
-      steps.append(out)
+    steps, state = _run(shampoo_optax.soap(0.01, block_size=16, precondition_every=3),
+                        params, grads_seq)
     runs.append((steps, state[0].nu))
   (shared, nu_shared), (alone, nu_alone) = runs
   for t, (a, b) in enumerate(zip(shared, alone), start=1):
