@@ -101,6 +101,11 @@ class Core:
 
     def update_fn(updates, state, params=None, **extra_args):
       del params, extra_args
+      if not isinstance(state, state_cls):
+        raise TypeError(
+            f"this optimizer's update takes a {state_cls.__name__}, got a "
+            f"{type(state).__name__}: the state of another optimizer, or a checkpoint "
+            "restored without a target (see shampoo_optax.upgrade_state)")
       validation.check_updates_match(updates, self.moments.shapes(state.mu))
       self._check_groups(updates, state)
       count = optax.safe_increment(state.count)

@@ -113,6 +113,25 @@ def test_integer_params_error_does_not_name_another_optimizer(name):
   assert "Shampoo" not in str(error.value) and "SOAP" not in str(error.value)
 
 
+@pytest.mark.parametrize("name", ALIASES)
+def test_non_finite_learning_rate_or_weight_decay_is_an_error(name):
+  """A NaN or infinite step size would make every update NaN without a word."""
+  make = ALIASES[name]
+  with pytest.raises(ValueError, match="learning_rate must be finite, got nan"):
+    make(float("nan"))
+  with pytest.raises(ValueError, match="weight_decay must be finite, got inf"):
+    make(1e-3, weight_decay=float("inf"))
+  with pytest.raises(ValueError, match="learning_rate must be a number or a schedule"):
+    make("1e-3")
+  # Schedules, arrays and optax.inject_hyperparams' traced values are accepted.
+  make(optax.constant_schedule(1e-3))
+  make(jnp.asarray(1e-3), weight_decay=jnp.asarray(1e-4))
+  static = shampoo_optax.STATIC_ARGS if name == "shampoo" else shampoo_optax.SOAP_STATIC_ARGS
+  injected = optax.inject_hyperparams(make, static_args=static)(learning_rate=1e-3)
+  params = {"w": jnp.ones((3, 3))}
+  jax.jit(injected.update)(params, injected.init(params), params)
+
+
 def test_public_names_are_documented():
   """Every name in __all__ has a docstring; the functions a References section."""
   for name in shampoo_optax.__all__:

@@ -88,3 +88,13 @@ def test_a_state_of_another_block_plan_is_an_error(make):
     default.update(params, saved_by_0_2, params)
   with pytest.raises(ValueError, match="do not fit these parameters' block plan"):
     default.update(params, make(1e-2, block_size=4).init(params), params)
+
+
+def test_a_state_of_the_other_optimizer_is_an_error():
+  params = {"w": jnp.ones((8, 4))}
+  shampoo = shampoo_optax.shampoo(1e-2, block_size=4)
+  soap = shampoo_optax.soap(1e-2, block_size=4)
+  with pytest.raises(TypeError, match="takes a ShampooState, got a SoapState"):
+    shampoo.update(params, soap.init(params), params)
+  with pytest.raises(TypeError, match="takes a SoapState, got a ShampooState"):
+    soap.update(params, shampoo.init(params), params)
