@@ -7,7 +7,6 @@ mu_dtype, weight_decay, mask`` may be given by position, everything else is
 keyword-only.
 """
 
-import math
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -42,23 +41,6 @@ def _check_b1(optimizer: str, b1: Any) -> None:
         f"b1 must be in [0, 1), got {b1!r}. Since shampoo_optax 0.2.0 the arguments after "
         f"learning_rate follow optax.adamw (b1, b2, eps, mu_dtype, weight_decay, mask) and "
         f"block_size is keyword-only: {optimizer}(learning_rate, block_size={b1})")
-
-
-def _check_step_sizes(learning_rate: Any, weight_decay: Any) -> None:
-  """A learning rate or weight decay given as a number must be finite: NaN or inf
-  would make every update NaN, silently. Schedules and traced values are not
-  checked."""
-  for name, value in (("learning_rate", learning_rate), ("weight_decay", weight_decay)):
-    if callable(value) or isinstance(value, jax.core.Tracer):
-      continue
-    try:
-      if isinstance(value, (str, bytes)):
-        raise TypeError
-      finite = math.isfinite(float(value))
-    except (TypeError, ValueError):
-      raise ValueError(f"{name} must be a number or a schedule, got {value!r}") from None
-    if not finite:
-      raise ValueError(f"{name} must be finite, got {value!r}")
 
 
 def shampoo(
@@ -195,7 +177,8 @@ def shampoo(
     <https://arxiv.org/abs/2406.17748>`_, 2024
   """
   _check_b1("shampoo", b1)
-  _check_step_sizes(learning_rate, weight_decay)
+  validation.validate_step_size("learning_rate", learning_rate)
+  validation.validate_step_size("weight_decay", weight_decay)
   mask = _weight_decay_mask("shampoo", mask, weight_decay_mask)
   kwargs = dict(
       block_size=block_size, b1=b1, b2=b2, eps=eps, matrix_eps=matrix_eps,
@@ -327,7 +310,8 @@ def soap(
     Factored Eigenbasis <https://arxiv.org/abs/1806.03884>`_, 2018
   """
   _check_b1("soap", b1)
-  _check_step_sizes(learning_rate, weight_decay)
+  validation.validate_step_size("learning_rate", learning_rate)
+  validation.validate_step_size("weight_decay", weight_decay)
   mask = _weight_decay_mask("soap", mask, weight_decay_mask)
   kwargs = dict(
       block_size=block_size, b1=b1, b2=b2, eps=eps, precondition_every=precondition_every,

@@ -224,7 +224,7 @@ def refresh(plan: blocking.Plan, stats: tuple, precond: tuple, errors: tuple,
     refresh_bundle = functools.partial(
         _refresh_bundle, dims=tuple(plan.groups[g].dim for g in bundle),
         exponent=plan.groups[bundle[0]].exponent, compute=compute, schedule=schedule,
-        codec=codec, precond_codec=precond_codec, change=change, pad=pad or zero_pad)
+        codec=codec, precond_codec=precond_codec, change=change, pad=pad)
     parts = tuple(tuple(x[g] for g in bundle) for x in (stats, precond, errors, failures))
     for g, o in zip(bundle, block_sharding.map_blocks(refresh_bundle, parts, (count,))):
       out[g] = o
@@ -335,7 +335,7 @@ def shared_computations(groups: tuple[blocking.Group, ...]) -> list[list[int]]:
 
 
 def _refresh_bundle(stats, precond, errors, failures, count, device, *, dims, exponent,
-                    compute, schedule, codec, precond_codec, change=None, pad=zero_pad):
+                    compute, schedule, codec, precond_codec, change=None, pad=None):
   """Groups (or one device's rows of them) that share one ``compute``:
   refresh the rows that are due.
 
@@ -392,7 +392,7 @@ def _read(codec, stored, rows, d, dense, ridge=False):
 
 
 def _update_rows(stats, precond, errors, failures, rows, *, dims, exponent, count, compute,
-                 dense, codec, precond_codec, change=None, live=True, pad=zero_pad):
+                 dense, codec, precond_codec, change=None, live=True, pad=None):
   """Per group, new preconditioners where they are good; the old ones (and a
   failure) elsewhere; all of them old where ``live`` is false (a scalar). Groups
   smaller than the first are padded to its size (``pad``) for one ``compute``,

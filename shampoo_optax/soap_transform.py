@@ -335,12 +335,10 @@ def _separated_pad(stats: jax.Array, old: jax.Array, size: int) -> tuple[jax.Arr
   :func:`_eigenbasis` returns them) and unit vectors, and the QR refresh, whose
   columns are sorted by their estimated eigenvalues, keeps them last too.
   """
-  d = stats.shape[-1]
-  padding = jnp.arange(size) >= d
   bound = 1 + jnp.sum(jnp.abs(stats), axis=(-2, -1))  # >= the spectral radius
-  widen = lambda x: jnp.pad(x, ((0, 0), (0, size - d), (0, size - d)))  # noqa: E731
-  eye = jnp.diag(padding.astype(stats.dtype))[None]
-  return widen(stats) - bound[:, None, None] * eye, widen(old) + eye
+  padding = jnp.diag(jnp.arange(size) >= stats.shape[-1]).astype(stats.dtype)[None]
+  stats, old = factor_matrices.zero_pad(stats, old, size)
+  return stats - bound[:, None, None] * padding, old + padding
 
 
 def _eigenbasis(stats, old, exponent, count, *, method, qr_from):

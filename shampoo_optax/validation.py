@@ -7,6 +7,8 @@ They run at construction and trace time only, never inside compiled code.
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 
@@ -74,6 +76,8 @@ def validate_number(name, value, lower, upper, *, lower_open=False, upper_open=F
   if isinstance(value, jax.core.Tracer):
     return
   try:
+    if isinstance(value, (str, bytes)):  # float() would read "1e-3"; optax would not
+      raise TypeError
     x = float(value)
   except (TypeError, ValueError):
     raise ValueError(f"{name} must be a number, got {value!r}") from None
@@ -86,6 +90,13 @@ def validate_number(name, value, lower, upper, *, lower_open=False, upper_open=F
     hi = ")" if upper_open else "]"
     bounds = f"{lo}{lower}, {'inf)' if upper is None else f'{upper}{hi}'}"
     raise ValueError(f"{name} must be in {bounds}, got {value!r}")
+
+
+def validate_step_size(name, value):
+  """A learning rate or weight decay: a schedule, or a finite number (NaN or
+  inf would make every update NaN, silently)."""
+  if not callable(value):
+    validate_number(name, value, -math.inf, math.inf, lower_open=True, upper_open=True)
 
 
 def check_float_leaves(tree, what):

@@ -117,11 +117,11 @@ def test_integer_params_error_does_not_name_another_optimizer(name):
 def test_non_finite_learning_rate_or_weight_decay_is_an_error(name):
   """A NaN or infinite step size would make every update NaN without a word."""
   make = ALIASES[name]
-  with pytest.raises(ValueError, match="learning_rate must be finite, got nan"):
+  with pytest.raises(ValueError, match=r"learning_rate must be in \(-inf, inf\), got nan"):
     make(float("nan"))
-  with pytest.raises(ValueError, match="weight_decay must be finite, got inf"):
+  with pytest.raises(ValueError, match=r"weight_decay must be in \(-inf, inf\), got inf"):
     make(1e-3, weight_decay=float("inf"))
-  with pytest.raises(ValueError, match="learning_rate must be a number or a schedule"):
+  with pytest.raises(ValueError, match="learning_rate must be a number"):
     make("1e-3")
   # Schedules, arrays and optax.inject_hyperparams' traced values are accepted.
   make(optax.constant_schedule(1e-3))
