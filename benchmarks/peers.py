@@ -44,10 +44,11 @@ from optax.contrib import MuonDimensionNumbers
 PyTree = Any
 
 
-def adamw(learning_rate: optax.ScalarOrSchedule,
-          weight_decay: float = 1e-4) -> optax.GradientTransformation:
-  """``optax.adamw`` with its default betas and epsilon."""
-  return optax.adamw(learning_rate, weight_decay=weight_decay)
+def adamw(learning_rate: optax.ScalarOrSchedule, weight_decay: float = 1e-4,
+          **kwargs) -> optax.GradientTransformation:
+  """``optax.adamw`` with its default betas and epsilon; ``kwargs`` (a spec's
+  ``adamw+b1=0.7``) replace any of its settings."""
+  return optax.adamw(learning_rate, weight_decay=weight_decay, **kwargs)
 
 
 # ----------------------------------------------------------------------------------------------

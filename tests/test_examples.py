@@ -77,6 +77,16 @@ def test_optimizer_spec_parsing():
   assert peers.edge_note("muon", [5e-3, 1e-2, 7e-3], 1e-2).startswith("muon: best lr 0.01")
   assert peers.edge_note("muon", [5e-3, 1e-2, 7e-3], 7e-3) is None
   assert peers.edge_note("muon", [7e-3], 7e-3) is None
+  # A spec's options reach the peer (cnn.py and vit.py build AdamW here).
+  import jax  # noqa: PLC0415
+  import jax.numpy as jnp  # noqa: PLC0415
+
+  tx = peers.adamw(1e-3, b1=0.7)
+  with jax.numpy_dtype_promotion("standard"):  # optax's own bias correction needs it
+    _, state = tx.update({"w": jnp.ones(2)}, tx.init({"w": jnp.zeros(2)}), {"w": jnp.zeros(2)})
+  assert float(state[0].mu["w"][0]) == pytest.approx(0.3)  # (1 - b1) g
+  with pytest.raises(TypeError, match="b3"):
+    peers.adamw(1e-3, b3=0.7)
 
 
 def test_accelerator_optimizer_specs():
