@@ -130,7 +130,10 @@ def main(argv=None, *, doc=__doc__, title="CNN on digits", make_model=nnx_digits
         run(makers[name](best, **kwargs), nnx_digits.load_digits(s), seed=s, **train)
         for s in seeds[1:]])
     results[label][1][0]["sweep"] = {lr: r["evals"][-1][2] for lr, r in sweep.items()}
-  _, base = results[next(label for label in results if label.split("+")[0] == "adamw")]
+  baseline = next((label for label in results if label.split("+")[0] == "adamw"), None)
+  if baseline is None:
+    raise SystemExit(f"AdamW, the ratios' baseline, did not run: {failed}")
+  _, base = results[baseline]
   base_loss = [r["evals"][-1][2] for r in base]
   base_secs = np.mean([r["evals"][-1][1] for r in base])
   base_step = np.median([r["step_s"] for r in base])

@@ -58,6 +58,15 @@ def test_cnn_benchmark_without_adamw_in_its_list():
   assert "  adamw: " in out and "  shampoo: " in out
 
 
+def test_cnn_benchmark_says_when_its_baseline_fails():
+  """A baseline that cannot run ends the run with why (it was a StopIteration)."""
+  out = subprocess.run(
+      [sys.executable, "benchmarks/cnn.py", "--tiny", "--optimizers", "adamw+b3=1"],
+      cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert out.returncode != 0
+  assert "AdamW, the ratios' baseline, did not run" in out.stderr and "'b3'" in out.stderr
+
+
 @pytest.mark.parametrize("script", ["examples/char_lm.py", "examples/nnx_digits.py",
                                     "benchmarks/lm.py", "benchmarks/cnn.py"])
 def test_help(script):
