@@ -12,10 +12,14 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
-def run_script(*args, timeout=600):
+def run_process(*args, timeout=600) -> subprocess.CompletedProcess:
   env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
-  out = subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, capture_output=True,
-                       text=True, timeout=timeout, env=env)
+  return subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, capture_output=True,
+                        text=True, timeout=timeout, env=env)
+
+
+def run_script(*args, timeout=600):
+  out = run_process(*args, timeout=timeout)
   assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
   return out.stdout
 
@@ -60,9 +64,7 @@ def test_cnn_benchmark_without_adamw_in_its_list():
 
 def test_cnn_benchmark_says_when_its_baseline_fails():
   """A baseline that cannot run ends the run with why (it was a StopIteration)."""
-  out = subprocess.run(
-      [sys.executable, "benchmarks/cnn.py", "--tiny", "--optimizers", "adamw+b3=1"],
-      cwd=ROOT, capture_output=True, text=True, timeout=600)
+  out = run_process("benchmarks/cnn.py", "--tiny", "--optimizers", "adamw+b3=1")
   assert out.returncode != 0
   assert "AdamW, the ratios' baseline, did not run" in out.stderr and "'b3'" in out.stderr
 
