@@ -135,3 +135,37 @@ def test_accelerator_optimizer_specs():
   assert not np.allclose(ours, plain)  # the options took effect
   with pytest.raises(SystemExit, match="unknown optimizer"):
     accelerator.parent(argparse.Namespace(optimizers="adamw,shampoo@1e-3"))
+
+
+def test_accelerator_soap_apart_row():
+  """accelerator.py's soap_apart row computes each basis size on its own (one eigh call per
+  size, where soap shares one), to the same updates, and leaves SOAP's sharing in place."""
+  import argparse  # noqa: PLC0415
+  import re  # noqa: PLC0415
+
+  import jax  # noqa: PLC0415
+  import jax.numpy as jnp  # noqa: PLC0415
+  import numpy as np  # noqa: PLC0415
+
+  sys.path.insert(0, str(ROOT / "benchmarks"))
+  import accelerator  # noqa: PLC0415
+
+  args = argparse.Namespace(learning_rate=1e-2, block_size=16, precondition_every=2)
+  # Bases of 16 and of 15: two sizes that soap refreshes in one computation.
+  params = {"w": jnp.asarray(np.random.default_rng(0).standard_normal((16, 15)), jnp.float32)}
+  grads = jax.tree.map(lambda p: 0.3 * p + 0.1, params)
+
+  def run(tx):
+    state = tx.init(params)
+    update = jax.jit(tx.update)
+    hlo = update.lower(grads, state, params).compile().as_text()
+    for _ in range(4):
+      u, state = update(grads, state, params)
+    return u["w"], len(re.findall(r'custom_call_target="[^"]*(?:syevd|[Ee]igh)', hlo))
+
+  shared, shared_eighs = run(accelerator.make_optimizer("soap", args))
+  apart, apart_eighs = run(accelerator.make_optimizer("soap_apart", args))
+  again, again_eighs = run(accelerator.make_optimizer("soap", args))
+  assert (shared_eighs, apart_eighs, again_eighs) == (1, 2, 1)
+  np.testing.assert_allclose(apart, shared, rtol=1e-4, atol=1e-6)
+  np.testing.assert_array_equal(again, shared)
