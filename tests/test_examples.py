@@ -100,32 +100,48 @@ def test_optimizer_spec_parsing():
     peers.adamw(1e-3, b3=0.7)
 
 
-def test_accelerator_optimizer_specs():
-  """accelerator.py builds a row named with options as the optimizer with those options."""
+def _accelerator_case(block_size: int, shape: tuple[int, int]):
+  """accelerator.py, its arguments for make_optimizer, and one weight with its gradient."""
   import argparse  # noqa: PLC0415
 
   import jax  # noqa: PLC0415
   import jax.numpy as jnp  # noqa: PLC0415
   import numpy as np  # noqa: PLC0415
 
-  import shampoo_optax  # noqa: PLC0415
-
   sys.path.insert(0, str(ROOT / "benchmarks"))
   import accelerator  # noqa: PLC0415
 
+  args = argparse.Namespace(learning_rate=1e-2, block_size=block_size, precondition_every=2)
+  params = {"w": jnp.asarray(np.random.default_rng(0).standard_normal(shape), jnp.float32)}
+  return accelerator, args, params, jax.tree.map(lambda p: 0.3 * p + 0.1, params)
+
+
+def _run_update(tx, params, grads, steps: int):
+  """The weight's update after ``steps`` jitted updates, and the compiled update's HLO text."""
+  import jax  # noqa: PLC0415
+
+  state = tx.init(params)
+  update = jax.jit(tx.update)
+  for _ in range(steps):
+    u, state = update(grads, state, params)
+  return u["w"], update.lower(grads, state, params).compile().as_text()
+
+
+def test_accelerator_optimizer_specs():
+  """accelerator.py builds a row named with options as the optimizer with those options."""
+  import argparse  # noqa: PLC0415
+
+  import numpy as np  # noqa: PLC0415
+
+  import shampoo_optax  # noqa: PLC0415
+
+  accelerator, args, params, grads = _accelerator_case(4, (4, 6))
   assert accelerator.base_name("shampoo+nesterov=True") == "shampoo"
   assert accelerator.label("shampoo_eigh+precondition_every=3+nesterov=True") == (
       "shampoo, root_method='eigh', precondition_every=3, nesterov=True")
-  args = argparse.Namespace(learning_rate=1e-2, block_size=4, precondition_every=2)
-  params = {"w": jnp.asarray(np.random.default_rng(0).standard_normal((4, 6)), jnp.float32)}
-  grads = jax.tree.map(lambda p: 0.3 * p + 0.1, params)
 
   def updates(tx):
-    state = tx.init(params)
-    update = jax.jit(tx.update)
-    for _ in range(3):
-      u, state = update(grads, state, params)
-    return u["w"]
+    return _run_update(tx, params, grads, 3)[0]
 
   ours = updates(accelerator.make_optimizer("shampoo+nesterov=True+precondition_every=1", args))
   expected = updates(shampoo_optax.shampoo(1e-2, block_size=4, precondition_every=1,
@@ -140,32 +156,20 @@ def test_accelerator_optimizer_specs():
 def test_accelerator_soap_apart_row():
   """accelerator.py's soap_apart row computes each basis size on its own (one eigh call per
   size, where soap shares one), to the same updates, and leaves SOAP's sharing in place."""
-  import argparse  # noqa: PLC0415
   import re  # noqa: PLC0415
 
-  import jax  # noqa: PLC0415
-  import jax.numpy as jnp  # noqa: PLC0415
   import numpy as np  # noqa: PLC0415
 
-  sys.path.insert(0, str(ROOT / "benchmarks"))
-  import accelerator  # noqa: PLC0415
-
-  args = argparse.Namespace(learning_rate=1e-2, block_size=16, precondition_every=2)
   # Bases of 16 and of 15: two sizes that soap refreshes in one computation.
-  params = {"w": jnp.asarray(np.random.default_rng(0).standard_normal((16, 15)), jnp.float32)}
-  grads = jax.tree.map(lambda p: 0.3 * p + 0.1, params)
+  accelerator, args, params, grads = _accelerator_case(16, (16, 15))
 
-  def run(tx):
-    state = tx.init(params)
-    update = jax.jit(tx.update)
-    hlo = update.lower(grads, state, params).compile().as_text()
-    for _ in range(4):
-      u, state = update(grads, state, params)
-    return u["w"], len(re.findall(r'custom_call_target="[^"]*(?:syevd|[Ee]igh)', hlo))
+  def run(name):
+    u, hlo = _run_update(accelerator.make_optimizer(name, args), params, grads, 4)
+    return u, len(re.findall(r'custom_call_target="[^"]*(?:syevd|[Ee]igh)', hlo))
 
-  shared, shared_eighs = run(accelerator.make_optimizer("soap", args))
-  apart, apart_eighs = run(accelerator.make_optimizer("soap_apart", args))
-  again, again_eighs = run(accelerator.make_optimizer("soap", args))
+  shared, shared_eighs = run("soap")
+  apart, apart_eighs = run("soap_apart")
+  again, again_eighs = run("soap")
   assert (shared_eighs, apart_eighs, again_eighs) == (1, 2, 1)
   np.testing.assert_allclose(apart, shared, rtol=1e-4, atol=1e-6)
   np.testing.assert_array_equal(again, shared)
