@@ -334,8 +334,13 @@ def scale_by_shampoo(
       scalars["mu_hat_b"] = b
     out, groups = shampoo_core.block_step(plan, inputs, groups, count, scalars, variant,
                                              like=grads)
-    use_shampoo = count > start_preconditioning_step
-    preconditioned = [jnp.where(use_shampoo, p.astype(s.dtype), s)
+    # Until start_preconditioning_step the output is the diagonal step. The
+    # switch is an arithmetic blend, not jnp.where: the same values (exact for
+    # finite ones; a non-finite gradient gives a non-finite step either way),
+    # but XLA:CPU's LLVM unswitches every output loop on a scalar where and
+    # compiles each body twice (benchmarks/README.md, "the per-leaf switch").
+    on = (count > start_preconditioning_step).astype(jnp.float32)
+    preconditioned = [p.astype(s.dtype) * on.astype(s.dtype) + s * (1 - on).astype(s.dtype)
                       for p, s in zip(out["step"], core.preconditioned_only(plan, leaves))]
     step = jax.tree.unflatten(treedef, core.merge_preconditioned(plan, leaves, preconditioned))
     return step, mu, nu, groups
