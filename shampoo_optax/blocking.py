@@ -530,19 +530,29 @@ def block_norms(plan: Plan, leaves: list[jax.Array]) -> list[jax.Array]:
   for stack in plan.stacks:
     parts = []
     for c, j in stack.members:
-      indices = plan.classes[c]
-      merged = plan.leaves[indices[0]].merged_shape
-      x = jnp.stack([leaves[i].reshape(merged).astype(jnp.float32) for i in indices])
       piece = plan.class_plan(c).pieces[j]
-      limit = [x.shape[0]] + [s + g * b for s, g, b in
-                              zip(piece.start, piece.grid, piece.block_shape)]
-      region = jax.lax.slice(x, (0, *piece.start), limit)
-      interleaved = [v for g, b in zip(piece.grid, piece.block_shape) for v in (g, b)]
-      region = region.reshape((x.shape[0], *interleaved))
-      within = tuple(range(2, 2 * len(piece.grid) + 1, 2))  # each block's own axes
-      parts.append(jnp.sum(jnp.square(region), axis=within).reshape(-1))
+      # Leaf by leaf, not on the class stacked first: the leaves of one shape
+      # then share one kernel, and no stacked copy of them is written.
+      parts.extend(_block_sums_of_squares(leaves[i], plan.leaves[i].merged_shape, piece)
+                   for i in plan.classes[c])
     out.append(jnp.sqrt(parts[0] if len(parts) == 1 else jnp.concatenate(parts)))
   return out
+
+
+def _block_sums_of_squares(x: jax.Array, merged: tuple[int, ...], piece: Piece) -> jax.Array:
+  """``[num_blocks]``: the sum of squares of each block of ``piece`` of ``x``."""
+  x = x.reshape(merged).astype(jnp.float32)
+  limit = [s + g * b for s, g, b in zip(piece.start, piece.grid, piece.block_shape)]
+  region = jax.lax.slice(x, piece.start, limit)
+  # [g0, b0, g1, b1, ...] without the grid axes of size 1: a block that is a
+  # contiguous run of memory is then summed in place, not copied first.
+  shape, within = [], []
+  for g, b in zip(piece.grid, piece.block_shape):
+    if g > 1:
+      shape.append(g)
+    within.append(len(shape))
+    shape.append(b)
+  return jnp.sum(jnp.square(region.reshape(shape)), axis=tuple(within)).reshape(-1)
 
 
 def from_stacks(plan: Plan, stacks: list[jax.Array],
