@@ -555,30 +555,73 @@ def _block_sums_of_squares(x: jax.Array, merged: tuple[int, ...], piece: Piece) 
   return jnp.sum(jnp.square(region.reshape(shape)), axis=tuple(within)).reshape(-1)
 
 
+def runtime_offsets(offsets: list[int], count: jax.Array) -> tuple[jax.Array, ...]:
+  """``offsets`` as int32 scalars that XLA computes at run time, each in its own buffer.
+
+  Each is exactly its offset, for any ``count``: the larger of ``offset`` and
+  ``offset + min(count, 0)``. XLA cannot fold that into a constant, and a
+  variadic reduction gives every offset its own output, so a kernel that
+  reads a slice at one of them takes the offset as an argument. XLA compiles
+  one kernel for fusions that are the same computation; with the offsets as
+  constants in their code, no two slices' kernels would be. The reductions
+  take ``_OFFSETS_PER_REDUCTION`` offsets each, which keeps each one kernel
+  within a fusion's limit on outputs.
+  """
+  below = jnp.minimum(count.astype(jnp.int32), 0) * jnp.arange(2, dtype=jnp.int32)
+  out = []
+  for first in range(0, len(offsets), _OFFSETS_PER_REDUCTION):
+    chunk = offsets[first:first + _OFFSETS_PER_REDUCTION]
+    out.extend(jax.lax.reduce(
+        tuple(jnp.int32(offset) + below for offset in chunk),
+        tuple(jnp.int32(jnp.iinfo(jnp.int32).min) for _ in chunk),
+        lambda xs, ys: tuple(jnp.maximum(x, y) for x, y in zip(xs, ys)), (0,)))
+  return tuple(out)
+
+
+_OFFSETS_PER_REDUCTION = 16
+
+
 def from_stacks(plan: Plan, stacks: list[jax.Array],
-                scales: list[jax.Array] | None = None) -> list[jax.Array | None]:
+                scales: list[jax.Array] | None = None, *,
+                count: jax.Array | None = None) -> list[jax.Array | None]:
   """One array per stack -> parameter-shaped arrays (None: diagonal-only leaf).
 
   ``scales``: per stack, a factor per block ``[size]``, applied to each
   member's slice of the stack (so that the stack itself is read as slices,
   not scaled whole for every parameter cut from it).
+
+  ``count``: an int32 scalar known only at run time (the step count). With it,
+  each leaf's slice starts at an offset XLA computes at run time
+  (:func:`runtime_offsets`) rather than a constant, so that the kernels that
+  put back leaves of one shape are one kernel, not one per leaf (see
+  benchmarks/README.md). Only for stacks that are not sharded: a dynamic slice
+  of a sharded axis would gather the whole stack.
   """
   # Each leaf is put back from its own slice of the stack (not its class's
   # region as a whole, then sliced): every output then reads only its blocks.
-  regions: dict[tuple[int, int], jax.Array] = {}  # (leaf, piece) -> [1, region]
-  for s, (stack, array) in enumerate(zip(plan.stacks, stacks)):
+  slices = []  # (stack, first block, leaf, piece)
+  for s, stack in enumerate(plan.stacks):
     offset = 0
     for c, j in stack.members:
-      piece = plan.class_plan(c).pieces[j]
       for i in plan.classes[c]:
-        part = array[offset : offset + piece.num_blocks]
-        if part.shape[1:] != piece.block_shape:  # blocks padded to their stack's shape
-          part = part[(slice(None), *(slice(0, d) for d in piece.block_shape))]
-        if scales is not None:
-          factor = scales[s][offset : offset + piece.num_blocks]
-          part = part * factor.reshape(factor.shape + (1,) * (part.ndim - 1))
-        regions[(i, j)] = _from_blocks(part, piece, 1)
-        offset += piece.num_blocks
+        slices.append((s, offset, i, j))
+        offset += plan.class_plan(c).pieces[j].num_blocks
+  starts = [offset for _, offset, _, _ in slices]
+  if count is None:  # static slices: what a sharded stack needs
+    take = lambda x, start, n: x[start:start + n]  # noqa: E731
+  else:
+    starts = runtime_offsets(starts, count)
+    take = functools.partial(jax.lax.dynamic_slice_in_dim, axis=0)
+  regions: dict[tuple[int, int], jax.Array] = {}  # (leaf, piece) -> [1, region]
+  for (s, _, i, j), start in zip(slices, starts):
+    piece = plan.leaves[i].pieces[j]
+    part = take(stacks[s], start, piece.num_blocks)
+    if part.shape[1:] != piece.block_shape:  # blocks padded to their stack's shape
+      part = part[(slice(None), *(slice(0, d) for d in piece.block_shape))]
+    if scales is not None:
+      factor = take(scales[s], start, piece.num_blocks)
+      part = part * factor.reshape(factor.shape + (1,) * (part.ndim - 1))
+    regions[(i, j)] = _from_blocks(part, piece, 1)
   out: list[jax.Array | None] = [None] * len(plan.leaves)
   for indices in plan.classes:
     for i in indices:

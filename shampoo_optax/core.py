@@ -224,7 +224,11 @@ class Core:
       precond, errors, failures, changes = refresh(precond, errors, failures,
                                                    change=variant.change)
       outputs = variant.after_refresh(plan, outputs, changes, count)
-    leaves = {name: preconditioned_only(plan, _from_stacks(plan, outputs[name]))
+    # Unsharded stacks are read at offsets computed at run time, so that the
+    # leaves of one shape are put back by one kernel (blocking.from_stacks).
+    put_back = functools.partial(_from_stacks, plan,
+                                 count=count if block_sharding.size == 1 else None)
+    leaves = {name: preconditioned_only(plan, put_back(outputs[name]))
               for name in variant.outputs}
     return leaves, (stats, precond, errors, failures)
 
@@ -234,11 +238,10 @@ def _shapes(groups: list[list]) -> list:
   return [[(tuple(x.shape), str(x.dtype)) for x in group] for group in groups]
 
 
-def _from_stacks(plan, output):
+def _from_stacks(plan, output, *, count):
   """An output of ``Variant.apply``: stacks, or (stacks, per-block scales)."""
-  if isinstance(output, tuple):
-    return blocking.from_stacks(plan, *output)
-  return blocking.from_stacks(plan, output)
+  stacks, scales = output if isinstance(output, tuple) else (output, None)
+  return blocking.from_stacks(plan, stacks, scales, count=count)
 
 
 def cut_into_blocks(plan: blocking.Plan, inputs: dict[str, list]) -> dict[str, list]:

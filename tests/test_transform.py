@@ -286,6 +286,18 @@ def test_block_norms_and_scaled_blocks_without_cutting(rng):
                                      for b, s in zip(stacks, scales)])
   for x, y in zip(got, want):
     np.testing.assert_allclose(x, y, rtol=1e-6)
+  # Read at offsets computed at run time (as the optimizer does), the same.
+  at_runtime = jax.jit(lambda st, sc, c: blocking.from_stacks(plan, st, sc, count=c))
+  for count in (0, 9):
+    for x, y in zip(at_runtime(stacks, scales, jnp.int32(count)), got):
+      np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.parametrize("count", [0, 1, 9, -5, np.iinfo(np.int32).max, np.iinfo(np.int32).min])
+def test_runtime_offsets_are_the_offsets_for_any_count(count):
+  offsets = [0, 3, 17, 1000, 0] + list(range(5, 200, 5))  # several reductions' worth
+  got = jax.jit(lambda c: blocking.runtime_offsets(offsets, c))(jnp.int32(count))
+  assert [int(x) for x in got] == offsets
 
 
 def test_conv_kernel_is_preconditioned_as_a_matrix(rng):
