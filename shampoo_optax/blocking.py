@@ -149,20 +149,22 @@ class Plan:
     return [(axis, parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=0))
             for axis, parts in by_axis.items()]
 
-  def member_blocks(self, c: int, piece: int) -> int:
-    return len(self.classes[c]) * self.class_plan(c).pieces[piece].num_blocks
-
-  def block_location(self, leaf: int) -> tuple[tuple[int, int, int], ...]:
-    """(stack index, first block, number of blocks) for each piece of a leaf."""
+  def block_slices(self) -> tuple[tuple[int, int, int, int], ...]:
+    """(stack index, first block, leaf, piece) of every piece of every
+    preconditioned leaf, in the order of the stacks' blocks."""
     out = []
     for s, stack in enumerate(self.stacks):
       offset = 0
       for c, j in stack.members:
-        if leaf in self.classes[c]:
-          n = self.class_plan(c).pieces[j].num_blocks
-          out.append((s, offset + self.classes[c].index(leaf) * n, n))
-        offset += self.member_blocks(c, j)
+        for leaf in self.classes[c]:
+          out.append((s, offset, leaf, j))
+          offset += self.leaves[leaf].pieces[j].num_blocks
     return tuple(out)
+
+  def block_location(self, leaf: int) -> tuple[tuple[int, int, int], ...]:
+    """(stack index, first block, number of blocks) for each piece of a leaf."""
+    return tuple((s, first, self.leaves[i].pieces[j].num_blocks)
+                 for s, first, i, j in self.block_slices() if i == leaf)
 
 
 def merge_small_dims(shape: tuple[int, ...], max_dim: int,
@@ -599,14 +601,8 @@ def from_stacks(plan: Plan, stacks: list[jax.Array],
   """
   # Each leaf is put back from its own slice of the stack (not its class's
   # region as a whole, then sliced): every output then reads only its blocks.
-  slices = []  # (stack, first block, leaf, piece)
-  for s, stack in enumerate(plan.stacks):
-    offset = 0
-    for c, j in stack.members:
-      for i in plan.classes[c]:
-        slices.append((s, offset, i, j))
-        offset += plan.class_plan(c).pieces[j].num_blocks
-  starts = [offset for _, offset, _, _ in slices]
+  slices = plan.block_slices()
+  starts = [first for _, first, _, _ in slices]
   if count is None:  # static slices: what a sharded stack needs
     take = lambda x, start, n: x[start:start + n]  # noqa: E731
   else:
