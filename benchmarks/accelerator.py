@@ -21,9 +21,10 @@ parameters; ``block_size=128`` and ``precondition_every=10`` for the Shampoos an
   against 1.38 ms for the ~250 rows of the defaults). The breakdown table reads the refresh's
   share off it: "refresh only" = shampoo - no refresh (and likewise for eigh and Newton).
   ``soap_no_refresh`` is the same for SOAP (not run by default).
-- ``soap_apart``: the defaults with each basis size refreshed in its own computation, as before
-  SOAP's bases were computed together (ad4f188; not run by default). That change was made for
-  GPUs and measured only on CPU: the ``soap`` and ``soap_apart`` rows of one GPU run decide it.
+- ``soap_own_slots``: the defaults with SOAP's layout before its statistics shared padded slots
+  and stacks: a slot of each statistic's own size, a stack per block shape (not run by default).
+  That change was made for GPUs and measured only on CPU: the ``soap`` and ``soap_own_slots``
+  rows of one GPU run decide it.
 
 Each name may carry options, as ``lm.py``'s specs do (``peers.parse_spec``; the learning rate is
 ``--learning-rate``): ``shampoo+nesterov=True+precondition_every=3`` is the ``shampoo`` row with
@@ -71,6 +72,7 @@ from __future__ import annotations
 # measures what a user gets. On CPU the package itself runs jaxlib's eigh on one thread unless the
 # variable is set (matrix_functions.single_threaded_cpu_lapack); set it to measure otherwise.
 import argparse
+import functools
 import json
 import math
 import os
@@ -95,7 +97,7 @@ import hostinfo  # noqa: E402  (imports jax, but initializes no backend in this 
 # short by --budget loses the least useful rows.
 # shampoo_eigh is not run by default: root_method='auto' is eigh on CPUs and GPUs (it is the
 # shampoo row there); on a TPU, add it.
-RUN_ORDER = ("adamw", "shampoo", "soap", "soap_apart", "muon", "google", "shampoo_no_refresh",
+RUN_ORDER = ("adamw", "shampoo", "soap", "soap_own_slots", "muon", "google", "shampoo_no_refresh",
              "shampoo_newton", "shampoo_eigh", "soap_no_refresh")
 DEFAULT_OPTIMIZERS = ("adamw", "muon", "google", "shampoo", "shampoo_newton", "soap",
                       "shampoo_no_refresh")
@@ -110,7 +112,7 @@ LABELS = {
     "soap": "soap (defaults)",
     "shampoo_no_refresh": "shampoo, roots never refreshed (precondition_every=10**6)",
     "soap_no_refresh": "soap, bases never refreshed (precondition_every=10**6)",
-    "soap_apart": "soap, each basis size computed apart (before ad4f188)",
+    "soap_own_slots": "soap, a slot of each statistic's own size (SOAP's earlier layout)",
 }
 NEVER = 10**6  # precondition_every of the no-refresh rows
 DEFAULTS = dict(d_model=512, layers=8, heads=8, seq_len=256, batch=64, block_size=128,
@@ -157,25 +159,25 @@ def make_optimizer(name: str, args: argparse.Namespace) -> Any:
       "soap": lambda **kw: shampoo_optax.soap(lr, **{**blocks, **kw}),
       "shampoo_no_refresh": lambda **kw: shampoo_optax.shampoo(lr, **{**never, **kw}),
       "soap_no_refresh": lambda **kw: shampoo_optax.soap(lr, **{**never, **kw}),
-      "soap_apart": lambda **kw: soap_apart(lr, **{**blocks, **kw}),
+      "soap_own_slots": lambda **kw: soap_own_slots(lr, **{**blocks, **kw}),
   }
   return builders[base](**options)
 
 
-def soap_apart(learning_rate: float, **kwargs: Any) -> Any:
-  """``shampoo_optax.soap`` with each basis size refreshed in its own computation: no padding
-  of smaller statistics to share one (``soap_transform._separated_pad``, ad4f188). A benchmark
-  row, not an option: the private name is replaced only while the optimizer is built, which is
-  when SOAP reads it."""
+def soap_own_slots(learning_rate: float, **kwargs: Any) -> Any:
+  """``shampoo_optax.soap`` with the layout SOAP had before its statistics shared padded slots
+  (``soap_transform.block_layout(own_slots=True)``: a slot of each statistic's own size, so no
+  stacks joined). A benchmark row, not an option: the layout function is replaced only while the
+  optimizer is built, which is when SOAP makes its layout."""
   import shampoo_optax  # noqa: PLC0415
   from shampoo_optax import soap_transform  # noqa: PLC0415
 
-  shared = soap_transform._separated_pad
-  soap_transform._separated_pad = None
+  layout = soap_transform.block_layout
+  soap_transform.block_layout = functools.partial(layout, own_slots=True)
   try:
     return shampoo_optax.soap(learning_rate, **kwargs)
   finally:
-    soap_transform._separated_pad = shared
+    soap_transform.block_layout = layout
 
 
 # ----------------------------------------------------------------------------------------------

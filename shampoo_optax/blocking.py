@@ -112,6 +112,9 @@ class Factor:
   group: int
   offset: int  # its first row in the group
   start: int = 0  # its first block in the stack
+  # (block shape, preconditioned axes, exponent) of its blocks before any
+  # padding: what identifies it in every layout of the same parameters.
+  key: tuple = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,15 +142,23 @@ class Plan:
   def class_plan(self, c: int) -> LeafPlan:
     return self.leaves[self.classes[c][0]]
 
-  def stack_factors(self, s: int, per_factor: list) -> list[tuple[int, jax.Array]]:
-    """``(axis, matrices [size, d, d])`` per preconditioned axis of stack ``s``,
-    from ``per_factor`` (one array per factor of the plan): a joined stack's
-    factors of one axis are concatenated in block order."""
-    by_axis: dict[int, list[jax.Array]] = {}
+  def stack_axes(self, s: int) -> list[tuple[int, list[Factor]]]:
+    """``(axis, runs)`` per preconditioned axis of stack ``s``: its factors in
+    block order (a joined stack has one per axis and block shape), those that
+    lie in consecutive rows of one group merged into one (with
+    ``Layout.stack_rows``, all of them), so that each run's matrices are one
+    slice of its group."""
+    by_axis: dict[int, list[Factor]] = {}
     for axis, index in self.stacks[s].factors:
-      by_axis.setdefault(axis, []).append(per_factor[index])
-    return [(axis, parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=0))
-            for axis, parts in by_axis.items()]
+      runs = by_axis.setdefault(axis, [])
+      f = self.factors[index]
+      last = runs[-1] if runs else None
+      if (last is not None and last.group == f.group and last.offset + last.size == f.offset
+          and last.start + last.size == f.start):
+        runs[-1] = dataclasses.replace(last, size=last.size + f.size)
+      else:
+        runs.append(f)
+    return list(by_axis.items())
 
   def block_slices(self) -> tuple[tuple[int, int, int, int], ...]:
     """(stack index, first block, leaf, piece) of every piece of every
@@ -226,11 +237,13 @@ def group_dim(dim: int, block_size: int) -> int:
 _MERGE_OVERHEAD = 0.1
 
 
-def _slot_sizes(members, blocks_of, block_size, pad_slots) -> dict[tuple[int, int], int]:
+def _slot_sizes(members, blocks_of, block_size, pad_slots,
+                merge_slots) -> dict[tuple[int, int], int]:
   """Slot size for each (statistic dim, exponent); see the module docstring.
 
-  Without ``pad_slots`` every statistic gets a slot of its own size (SOAP: an
-  eigenbasis of a padded statistic could mix the padding into it).
+  Without ``pad_slots`` every statistic gets a slot of its own size (SOAP's
+  layout before 0.3.0). Without ``merge_slots`` the slots are only rounded up
+  to a power of two, not merged into larger ones.
   """
   counts: dict[tuple[int, int], int] = {}  # (dim, exponent) -> number of statistics
   for (block_shape, pre, exponent), mem in members.items():
@@ -241,6 +254,8 @@ def _slot_sizes(members, blocks_of, block_size, pad_slots) -> dict[tuple[int, in
   if not pad_slots:
     return {key: key[0] for key in counts}
   slot = {key: group_dim(key[0], block_size) for key in counts}
+  if not merge_slots:
+    return slot
   budget = _MERGE_OVERHEAD * sum(n * slot[k] ** 2 for k, n in counts.items())
   for exponent in {e for _, e in counts}:
     sizes = sorted({slot[k] for k in counts if k[1] == exponent})
@@ -398,10 +413,16 @@ def make_plan(
     exponent_override: int | None,
     shard_multiple: int = 1,
     pad_slots: bool = True,
+    merge_slots: bool = True,
+    stack_rows: bool = False,
     global_shapes: tuple[tuple[int, ...], ...] | None = None,
 ) -> Plan:
   """Builds the plan for parameters of the given shapes (in tree order).
 
+  ``stack_rows``: the rows of each group in order of stack, then axis, then
+  block, so that the factors of one axis of a joined stack are consecutive
+  rows, read as one slice (SOAP). Otherwise in order of block shape, then
+  axis: the rows of the layout before stacks were joined (Shampoo's state).
   ``global_shapes``: with ``shapes`` those of one device's shards, the whole
   parameters' (see ``plan_leaf``).
   """
@@ -431,7 +452,7 @@ def make_plan(
   blocks_of = lambda c, j: len(class_list[c]) * leaves[class_list[c][0]].pieces[j].num_blocks  # noqa: E731
   # Statistic slots: (block dim, exponent) -> slot size; groups in order of
   # appearance of their (slot size, exponent).
-  slot = _slot_sizes(members, blocks_of, block_size, pad_slots)
+  slot = _slot_sizes(members, blocks_of, block_size, pad_slots, merge_slots)
   # Each block shape's blocks go to a stack of their own, or with pad_slots to
   # a stack joined with others (padded to it). The statistics' rows are laid
   # out by block shape either way, so joining changes no state.
@@ -446,19 +467,25 @@ def make_plan(
   group_members: dict[tuple[int, int], list[int]] = {}
   group_sizes: dict[tuple[int, int], int] = {}
   factors = []
-  for (block_shape, pre, exponent), mem in members.items():
+  if stack_rows:
+    order = [(key, axis) for target in stack_keys for axis in range(len(target[0]))
+             for key in members if joined[key] == target]
+  else:
+    order = [(key, axis) for key in members for axis in range(len(key[0]))]
+  for (block_shape, pre, exponent), axis in order:
+    mem = members[(block_shape, pre, exponent)]
     size = sum(blocks_of(c, j) for c, j in mem)
     stack = stack_keys.index(joined[(block_shape, pre, exponent)])
-    for axis, (dim, is_pre) in enumerate(zip(block_shape, pre)):
-      if not is_pre:
-        continue
+    dim, is_pre = block_shape[axis], pre[axis]
+    if is_pre:
       key = (slot[(dim, exponent)], exponent)
       group_members.setdefault(key, [])
       offset = group_sizes.get(key, 0)
       group_sizes[key] = offset + size
       group_members[key].append(len(factors))
+      shape_key = (block_shape, pre, exponent)
       factors.append(Factor(stack, axis, dim, size, list(group_members).index(key), offset,
-                            start[(block_shape, pre, exponent)]))
+                            start[shape_key], shape_key))
   stacks = []
   for s, (block_shape, pre, exponent) in enumerate(stack_keys):
     mem = stack_members[(block_shape, pre, exponent)]
@@ -692,6 +719,8 @@ class Layout:
   exponent_override: int | None = None
   shard_multiple: int = 1
   pad_slots: bool = True
+  merge_slots: bool = True
+  stack_rows: bool = False
 
   def plan(self, leaves) -> Plan:
     return self.plan_shapes([x.shape for x in leaves])
@@ -706,4 +735,6 @@ class Layout:
         exponent_override=self.exponent_override,
         shard_multiple=self.shard_multiple,
         pad_slots=self.pad_slots,
+        merge_slots=self.merge_slots,
+        stack_rows=self.stack_rows,
     )

@@ -9,6 +9,7 @@ parameters).
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -16,7 +17,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from shampoo_optax import quantization
+from shampoo_optax import quantization, soap_transform
 from shampoo_optax.shampoo_transform import ShampooState
 from shampoo_optax.sharding import BlockSharding
 from shampoo_optax.soap_transform import SoapState
@@ -161,22 +162,38 @@ def _plain_path(path) -> tuple:
   return tuple(out)
 
 
-def upgrade_state(old_state: Any, tx: optax.GradientTransformation, params: optax.Params) -> Any:
-  """A state saved by shampoo_optax 0.1, as ``tx``'s state for ``params`` now.
+def upgrade_state(old_state: Any, tx: optax.GradientTransformation, params: optax.Params,
+                  **layout: Any) -> Any:
+  """A state saved by an earlier shampoo_optax, as ``tx``'s state for ``params`` now.
 
   0.2 changed how float32 statistics and roots are stored (pairs of triangles,
   :class:`shampoo_optax.quantization.SymmetricPairs`, instead of packed upper
   triangles ``[n, d (d + 1) / 2]``), SOAP's float32 and bfloat16 bases
   (``[n, d, d]`` instead of ``[n, d * d]``), and pads each group's rows to an
-  even number. Field names are unchanged. ``old_state`` may be the state
-  itself or what ``orbax.checkpoint`` restores without a target (dicts and
-  lists): leaves are matched by key path. Values are carried over exactly.
+  even number. 0.3.0 put SOAP's statistics in slots rounded up to a power of
+  two, as Shampoo's are (``soap_transform.block_layout``): a SOAP state saved
+  by 0.2 whose statistics are not all of such sizes has its statistics, bases
+  and their errors and failure counts moved to the rows and slots of the new
+  layout (its state as 0.2 saved it, not 0.1's). Field names are unchanged.
+  ``old_state`` may be the state itself or what ``orbax.checkpoint`` restores
+  without a target (dicts and lists): leaves are matched by key path. Values
+  are carried over exactly (compact storage re-encoded).
+
+  ``layout``: ``block_size``, ``max_merged_dim`` and
+  ``skip_preconditioning_dim_size_gt`` as given to SOAP, needed only when a
+  SOAP state's layout cannot be read back from its shapes (the defaults and
+  every power-of-two block size are tried).
 
   Examples:
     >>> # raw = checkpointer.restore(path)["opt_state"]    # saved by 0.1
     >>> # opt_state = upgrade_state(raw, tx, params)
   """
   by_path = {_plain_path(p): x for p, x in jax.tree_util.tree_flatten_with_path(old_state)[0]}
+  template = jax.eval_shape(tx.init, params)
+  for path, soap in jax.tree_util.tree_flatten_with_path(
+      template, is_leaf=lambda x: isinstance(x, SoapState))[0]:
+    if isinstance(soap, SoapState):
+      _soap_to_power_of_two_slots(by_path, _plain_path(path), soap, params, layout)
 
   def lookup(names, path):
     if names not in by_path:
@@ -210,4 +227,104 @@ def upgrade_state(old_state: Any, tx: optax.GradientTransformation, params: opta
                        f"does not convert to {new.shape}")
     return jax.numpy.asarray(old, new.dtype)
 
-  return jax.tree_util.tree_map_with_path(convert, jax.eval_shape(tx.init, params))
+  return jax.tree_util.tree_map_with_path(convert, template)
+
+
+_GROUP_FIELDS = ("stats", "bases", "basis_errors", "basis_failures")
+
+
+def _soap_to_power_of_two_slots(by_path: dict, prefix: tuple, template: SoapState,
+                                params: Any, given: dict) -> None:
+  """``by_path`` with a SOAP state saved in its layout before 0.3.0 (a slot of
+  each statistic's own size) moved, in place, to the layout of ``template``;
+  nothing changes when the saved groups already have ``template``'s shapes."""
+  saved: dict[str, list] = {}
+  for field in _GROUP_FIELDS:
+    groups: dict[int, dict] = {}
+    for key, x in by_path.items():
+      if key[:len(prefix) + 1] == prefix + (field,) and len(key) > len(prefix) + 1:
+        groups.setdefault(int(key[len(prefix) + 1]), {})[key[len(prefix) + 2:]] = x
+    saved[field] = [groups[i] for i in sorted(groups)]
+  stats_codec = quantization.Codec(quantization.stored_dtype(template.stats[0]))
+  bases_codec = quantization.Codec(quantization.stored_dtype(template.bases[0]), symmetric=False)
+  try:
+    stats = [_as_stored(g, template.stats[0]) for g in saved["stats"]]
+    bases = [_as_stored(g, template.bases[0]) for g in saved["bases"]]
+  except KeyError:
+    return  # not 0.2's storage (0.1's, or another optimizer's): left to convert
+  trailing = lambda groups: [[x.shape[1:] for x in jax.tree.leaves(g)] for g in groups]  # noqa: E731
+  if trailing(stats) == trailing(template.stats):
+    return  # the template's layout (rows may differ: see convert)
+  old_plan, new_plan = _soap_plans(jax.tree.leaves(params), stats, template, stats_codec, given)
+  olds = {
+      "stats": [np.asarray(stats_codec.decode(x, g.dim)) for x, g in zip(stats, old_plan.groups)],
+      "bases": [np.asarray(bases_codec.decode(x, g.dim)) for x, g in zip(bases, old_plan.groups)],
+      "basis_errors": [np.asarray(g[()]) for g in saved["basis_errors"]],
+      "basis_failures": [np.asarray(g[()]) for g in saved["basis_failures"]],
+  }
+  news = {
+      "stats": [np.zeros((stats_codec.num_matrices(t), g.dim, g.dim), np.float32)
+                for t, g in zip(template.stats, new_plan.groups)],
+      "bases": [np.broadcast_to(np.eye(g.dim, dtype=np.float32),
+                                (bases_codec.num_matrices(t), g.dim, g.dim)).copy()
+                for t, g in zip(template.bases, new_plan.groups)],
+      "basis_errors": [np.zeros(t.shape, t.dtype) for t in template.basis_errors],
+      "basis_failures": [np.zeros(t.shape, t.dtype) for t in template.basis_failures],
+  }
+  old_factors = {(f.key, f.axis): f for f in old_plan.factors}
+  for f in new_plan.factors:
+    o = old_factors[(f.key, f.axis)]
+    for field in _GROUP_FIELDS:
+      part = olds[field][o.group][o.offset:o.offset + o.size]
+      if part.ndim == 3:  # a statistic or basis, in its slot's top-left corner
+        news[field][f.group][f.offset:f.offset + f.size, :f.dim, :f.dim] = part
+      else:
+        news[field][f.group][f.offset:f.offset + f.size] = part
+  fields = {prefix + (field,) for field in _GROUP_FIELDS}
+  for key in [k for k in by_path if k[:len(prefix) + 1] in fields]:
+    del by_path[key]
+  for field, codec in (("stats", stats_codec), ("bases", bases_codec)):
+    for i, full in enumerate(news[field]):
+      stored = codec.encode(jax.numpy.asarray(full))
+      for sub, x in jax.tree_util.tree_flatten_with_path(stored)[0]:
+        by_path[prefix + (field, str(i)) + _plain_path(sub)] = np.asarray(x)
+  for field in ("basis_errors", "basis_failures"):
+    for i, x in enumerate(news[field]):
+      by_path[prefix + (field, str(i))] = x
+
+
+def _as_stored(group: dict, like: Any) -> Any:
+  """A saved group (leaves by sub-path) in the stored form of ``like``."""
+  if isinstance(like, tuple):  # SymmetricPairs, ScaledIntMatrices
+    return type(like)(*(jax.numpy.asarray(group[(name,)]) for name in like._fields))
+  return jax.numpy.asarray(group[()])
+
+
+def _soap_plans(leaves, saved_stats, template, codec, given):
+  """(the plan of the saved state's layout before 0.3.0, the plan of ``template``'s)."""
+
+  def fits(plan, groups):
+    return len(plan.groups) == len(groups) and all(
+        codec.num_matrices(x) >= g.padded_size
+        and [y.shape[1:] for y in jax.tree.leaves(x)] == [
+            y.shape[1:] for y in jax.tree.leaves(
+                jax.eval_shape(functools.partial(codec.empty, 2, g.dim)))]
+        for g, x in zip(plan.groups, groups))
+
+  sizes = ([given["block_size"]] if "block_size" in given
+           else [2**k for k in range(1, 13)])
+  skip = given.get("skip_preconditioning_dim_size_gt", 4096)
+  found = []
+  for size in sizes:
+    for merged in ([given["max_merged_dim"]] if "max_merged_dim" in given
+                   else list(dict.fromkeys([None, size]))):
+      old = soap_transform.block_layout(size, merged, skip, own_slots=True).plan(leaves)
+      new = soap_transform.block_layout(size, merged, skip).plan(leaves)
+      if fits(old, saved_stats) and fits(new, template.stats):
+        found.append((old, new))
+  if len({(tuple(old.factors), tuple(new.factors)) for old, new in found}) != 1:
+    raise ValueError(
+        "upgrade_state could not read SOAP's block layout back from the saved state "
+        f"({'no' if not found else 'several different'} layouts fit): pass the block_size, "
+        "max_merged_dim and skip_preconditioning_dim_size_gt SOAP was built with")
+  return found[0]

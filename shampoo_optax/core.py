@@ -42,7 +42,7 @@ from shampoo_optax import (
 )
 from shampoo_optax import sharding as sharding_lib
 
-# apply(plan, blocks {name: [stack]}, preconditioners [per factor, [size, d, d]],
+# apply(plan, blocks {name: [stack]}, preconditioners [per stack, [(axis, [size, d, d])]],
 #       scalars) -> {output name: [stack] or ([stack], [per-block scale])}
 Apply = Callable[[blocking.Plan, dict, list, dict], dict]
 # after_refresh(plan, outputs, per group factor_matrices.Changes, count) -> outputs
@@ -61,9 +61,6 @@ class Variant:
   # what is done with it after the refresh.
   change: factor_matrices.Change | None = None
   after_refresh: AfterRefresh | None = None
-  # How a smaller group's due factor matrices are padded so that groups of
-  # several sizes share one computation (factor_matrices.refresh); None: apart.
-  pad: factor_matrices.Pad | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,8 +151,9 @@ class Core:
           f"{' (or more rows)' if self.local is None else ''}. {local}The state was made with "
           "other layout settings (block_size, max_merged_dim, skip_preconditioning_dim_size_gt, "
           "exponent_override, statistics_dtype). A state saved by shampoo_optax 0.2 for "
-          "parameters of rank > 2 restores with max_merged_dim=block_size (0.2's layout); see "
-          "the README's 'Changed in 0.3.0'")
+          "parameters of rank > 2 restores with max_merged_dim=block_size (0.2's layout); a "
+          "SOAP state saved by 0.2 converts with shampoo_optax.upgrade_state; see the README's "
+          "'Changed in 0.3.0'")
 
   def block_step(self, plan: blocking.Plan, inputs: dict[str, list], groups: tuple,
                  count: jax.Array, scalars: dict[str, Any], variant: Variant, *, like: Any):
@@ -213,12 +211,12 @@ class Core:
     refresh = functools.partial(
         factor_matrices.refresh, plan, stats, count=count, compute=variant.compute,
         schedule=self.schedule, block_sharding=block_sharding, codec=self.codec,
-        precond_codec=self.precond_codec, pad=variant.pad,
+        precond_codec=self.precond_codec,
         # Per-device work on simulated CPU devices: see factor_matrices.
         per_device=self.block_sharding.size > 1)
     if variant.refresh_first:
       precond, errors, failures, _ = refresh(precond, errors, failures)
-    preconditioners = factor_matrices.decode_factors(plan, precond, self.precond_codec)
+    preconditioners = factor_matrices.decode_stacks(plan, precond, self.precond_codec)
     outputs = variant.apply(plan, blocks, preconditioners, scalars)
     if not variant.refresh_first:
       precond, errors, failures, changes = refresh(precond, errors, failures,

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from shampoo_optax import blocking, matrix_functions, quantization
+from shampoo_optax import blocking, matrix_functions, quantization, soap_transform
 from shampoo_optax.shampoo_transform import ShampooState
 from shampoo_optax.soap_transform import SoapState
 
@@ -133,11 +133,11 @@ def _layout_of(stats, codec, leaves, soap, block_size, max_merged_dim, skip, exp
   plans = []
   for size in sizes:
     for exponent in exponents:
-      plan = blocking.Layout(
-          size, max_merged_dim, skip or 4096,
-          # SOAP has no roots: its layout is the paper's 2k grouping whatever the
-          # exponent argument says.
-          None if soap else exponent, pad_slots=not soap).plan(leaves)
+      # SOAP has no roots: its layout is the paper's 2k grouping whatever the
+      # exponent argument says.
+      layout = (soap_transform.block_layout(size, max_merged_dim, skip or 4096) if soap
+                else blocking.Layout(size, max_merged_dim, skip or 4096, exponent))
+      plan = layout.plan(leaves)
       try:
         _check_layout(plan, stats, codec)
       except ValueError:

@@ -41,25 +41,34 @@ import numpy as np
 
 from shampoo_optax import blocking, moments, quantization
 
-# compute(stats [r, d, d], old preconditioners [r, d, d], exponent, count) ->
-#   (new preconditioners [r, d, d], error [r], ok [r]); float32 throughout.
-Compute = Callable[[jax.Array, jax.Array, int, jax.Array],
+# compute(stats [r, d, d], old preconditioners [r, d, d], own [r], exponent, count)
+#   -> (new preconditioners [r, d, d], error [r], ok [r]); float32 throughout.
+# Row i's statistic is its top-left own[i] x own[i] corner; the rest of the
+# row is zero padding (its group's slot is larger than the statistic, or
+# groups of several sizes share the computation, see refresh). What a variant
+# puts in a preconditioner's padded rows and columns multiplies only the zeros
+# that blocks are padded with.
+Compute = Callable[[jax.Array, jax.Array, jax.Array, int, jax.Array],
                    tuple[jax.Array, jax.Array, jax.Array]]
 # change(old preconditioners [r, d, d], new ones [r, d, d]) -> [r, d, d]: what a
 # variant needs to know of each refreshed row (SOAP: how its basis turned).
 Change = Callable[[jax.Array, jax.Array], jax.Array]
-# pad(statistics [r, d, d], old preconditioners [r, d, d], size) -> both [r, size, size]:
-# how a smaller group's due rows enter a computation shared with a larger group,
-# chosen so that the computed preconditioner's top-left d x d corner is the
-# group's own (see refresh).
-Pad = Callable[[jax.Array, jax.Array, int], tuple[jax.Array, jax.Array]]
 
 
-def zero_pad(stats: jax.Array, old: jax.Array, size: int) -> tuple[jax.Array, jax.Array]:
-  """Pad: zeros (an inverse root of a zero-padded statistic is the padded root)."""
-  d = stats.shape[-1]
-  pad = lambda x: jnp.pad(x, ((0, 0), (0, size - d), (0, size - d)))  # noqa: E731
-  return pad(stats), pad(old)
+def zero_pad(x: jax.Array, size: int) -> jax.Array:
+  """``[r, d, d]`` matrices padded with zeros to ``[r, size, size]``."""
+  d = x.shape[-1]
+  return x if d == size else jnp.pad(x, ((0, 0), (0, size - d), (0, size - d)))
+
+
+def own_sizes(plan: blocking.Plan, group: int, rows: jax.Array) -> jax.Array:
+  """int32 ``[len(rows)]``: the size of the statistic at each row of ``group``
+  (its factor's ``dim``; 0 for rows that hold none, past the group's factors)."""
+  own = jnp.zeros(rows.shape, jnp.int32)
+  for index in plan.groups[group].factors:
+    f = plan.factors[index]
+    own = own + f.dim * ((rows >= f.offset) & (rows < f.offset + f.size)).astype(jnp.int32)
+  return own
 
 
 class Changes(NamedTuple):
@@ -183,28 +192,37 @@ def _split_pairs(parts: list[jax.Array], rows: int) -> quantization.SymmetricPai
   return quantization.pair_encode_split(join(even), join(odd), join(odd_diagonal))
 
 
-def decode_factors(plan: blocking.Plan, stored: tuple, codec: quantization.Codec) -> list:
-  """float32 ``[size, d, d]`` per factor, read from its group as slices: ``d``
-  is its stack's block size on its axis (the factor's own ``dim``, or the
-  slot's where the stack's blocks are padded to it)."""
-  return [codec.decode_range(stored[f.group], f.offset, f.size,
-                             plan.stacks[f.stack].block_shape[f.axis], plan.groups[f.group].dim)
-          for f in plan.factors]
+def decode_stacks(plan: blocking.Plan, stored: tuple,
+                  codec: quantization.Codec) -> list[list[tuple[int, jax.Array]]]:
+  """Per stack, ``(axis, float32 [stack size, d, d])`` per preconditioned axis:
+  ``d`` is the stack's block size on that axis (the factor's own ``dim``, or
+  the slot's where the stack's blocks are padded to it). Read from the groups
+  as slices, one per run of factors (``blocking.Plan.stack_axes``), joined
+  where a stack has several."""
+  out = []
+  for s, stack in enumerate(plan.stacks):
+    per_axis = []
+    for axis, runs in plan.stack_axes(s):
+      parts = [codec.decode_range(stored[f.group], f.offset, f.size, stack.block_shape[axis],
+                                  plan.groups[f.group].dim) for f in runs]
+      per_axis.append((axis, parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=0)))
+    out.append(per_axis)
+  return out
 
 
 def refresh(plan: blocking.Plan, stats: tuple, precond: tuple, errors: tuple,
             failures: tuple, count: jax.Array, *, compute: Compute, schedule: Schedule,
             block_sharding, codec: quantization.Codec,
             precond_codec: quantization.Codec, per_device: bool = False,
-            change: Change | None = None, pad: Pad | None = None) -> tuple:
+            change: Change | None = None) -> tuple:
   """Recomputes the preconditioners that are due at step ``count``.
 
-  Group by group; with ``pad`` (how ``compute`` takes a smaller statistic
-  padded to a larger size and still gives the group's own result in the
-  top-left corner: zeros for Shampoo's roots, see :func:`zero_pad`), the
-  groups of one exponent that :func:`shared_computations` bundles take one
-  ``compute`` together, their due statistics padded to the largest size: one
-  computation to compile and launch instead of one per group.
+  The groups of one exponent that :func:`shared_computations` bundles take one
+  ``compute`` together, their due statistics padded with zeros to the largest
+  size: one computation to compile and launch instead of one per group.
+  ``compute`` is told each row's own size (see ``Compute``), so that it can
+  keep its result's own corner apart from the padding: zero padding alone
+  does for Shampoo's roots, SOAP's eigenbases separate it.
 
   Returns ``(precond, errors, failures, changes)``: ``changes`` is, with
   ``change``, the :class:`Changes` of each group, computed in the refresh
@@ -218,13 +236,12 @@ def refresh(plan: blocking.Plan, stats: tuple, precond: tuple, errors: tuple,
   if per_device:
     compute = _one_matrix_at_a_time_on_cpu(compute)
   out: list = [None] * len(plan.groups)
-  bundles = ([[g] for g in range(len(plan.groups))] if pad is None
-             else shared_computations(plan.groups))
-  for bundle in bundles:
+  for bundle in shared_computations(plan.groups):
     refresh_bundle = functools.partial(
         _refresh_bundle, dims=tuple(plan.groups[g].dim for g in bundle),
+        own=tuple(functools.partial(own_sizes, plan, g) for g in bundle),
         exponent=plan.groups[bundle[0]].exponent, compute=compute, schedule=schedule,
-        codec=codec, precond_codec=precond_codec, change=change, pad=pad)
+        codec=codec, precond_codec=precond_codec, change=change)
     parts = tuple(tuple(x[g] for g in bundle) for x in (stats, precond, errors, failures))
     for g, o in zip(bundle, block_sharding.map_blocks(refresh_bundle, parts, (count,))):
       out[g] = o
@@ -244,18 +261,18 @@ def _one_matrix_at_a_time_on_cpu(compute: Compute) -> Compute:
   every device waiting, the pool deadlocks. Single matrices run inline.
   """
 
-  def sequential(stats, old, exponent, count):
+  def sequential(stats, old, own, exponent, count):
     def one(args):
-      new, error, ok = compute(args[0][None], args[1][None], exponent, count)
+      new, error, ok = compute(*(x[None] for x in args), exponent, count)
       return new[0], error[0], ok[0]
 
-    return jax.lax.map(one, (stats, old))
+    return jax.lax.map(one, (stats, old, own))
 
-  def wrapped(stats, old, exponent, count):
+  def wrapped(stats, old, own, exponent, count):
     return jax.lax.platform_dependent(
-        stats, old, count,
-        cpu=lambda s, o, c: sequential(s, o, exponent, c),
-        default=lambda s, o, c: compute(s, o, exponent, c))
+        stats, old, own, count,
+        cpu=lambda s, o, w, c: sequential(s, o, w, exponent, c),
+        default=lambda s, o, w, c: compute(s, o, w, exponent, c))
 
   return wrapped
 
@@ -334,20 +351,21 @@ def shared_computations(groups: tuple[blocking.Group, ...]) -> list[list[int]]:
   return sorted(bundles)
 
 
-def _refresh_bundle(stats, precond, errors, failures, count, device, *, dims, exponent,
-                    compute, schedule, codec, precond_codec, change=None, pad=None):
+def _refresh_bundle(stats, precond, errors, failures, count, device, *, dims, own, exponent,
+                    compute, schedule, codec, precond_codec, change=None):
   """Groups (or one device's rows of them) that share one ``compute``:
   refresh the rows that are due.
 
   Returns per group its new (precond, errors, failures); with ``change``,
   also the refreshed rows (as group rows: ``device * n`` added), whether each
-  changed, and its ``change``.
+  changed, and its ``change``. ``own``: per group, the own sizes of group rows
+  (:func:`own_sizes`).
   """
   ns = [codec.num_matrices(s) for s in stats]  # this device's rows
   due = [due_rows(schedule, count, n, device * n) for n in ns]  # rows past n: dropped
   update = functools.partial(_update_rows, dims=dims, exponent=exponent, count=count,
                              compute=compute, dense=schedule.dense, codec=codec,
-                             precond_codec=precond_codec, change=change, pad=pad)
+                             precond_codec=precond_codec, change=change)
   keep = functools.partial(_keep, dims=dims, change=change)
   any_due = functools.reduce(jnp.logical_or, [jnp.any(d) for _, d in due])
   if schedule.dense:  # every row on every step it is due: none written on others
@@ -357,6 +375,8 @@ def _refresh_bundle(stats, precond, errors, failures, count, device, *, dims, ex
     # Rows not due moved past the end (by 2n, which keeps pairs together): they
     # read as zeros and are written nowhere.
     rows = tuple(jnp.where(d, r, r + 2 * n) for (r, d), n in zip(due, ns))
+  update = functools.partial(update, own=tuple(
+      jnp.where(r < n, size_of(r + device * n), 0) for size_of, r, n in zip(own, rows, ns)))
   cond = cond_unless_waiting if schedule.stagger else jax.lax.cond
   out = cond(any_due, update, keep, stats, precond, errors, failures, rows)
   if change is None:
@@ -391,20 +411,20 @@ def _read(codec, stored, rows, d, dense, ridge=False):
   return full
 
 
-def _update_rows(stats, precond, errors, failures, rows, *, dims, exponent, count, compute,
-                 dense, codec, precond_codec, change=None, live=True, pad=None):
+def _update_rows(stats, precond, errors, failures, rows, *, own, dims, exponent, count,
+                 compute, dense, codec, precond_codec, change=None, live=True):
   """Per group, new preconditioners where they are good; the old ones (and a
   failure) elsewhere; all of them old where ``live`` is false (a scalar). Groups
-  smaller than the first are padded to its size (``pad``) for one ``compute``,
-  and their results cut back."""
+  smaller than the first are padded with zeros to its size for one
+  ``compute``, and their results cut back. ``own``: per group, each row's own
+  size (0 past the group)."""
   s = [_read(codec, x, r, d, dense, ridge=True) for x, r, d in zip(stats, rows, dims)]
   old = [_read(precond_codec, x, r, d, dense) for x, r, d in zip(precond, rows, dims)]
   if len(dims) == 1:
-    results = [compute(s[0], old[0], exponent, count)]
+    results = [compute(s[0], old[0], own[0], exponent, count)]
   else:
-    padded = [pad(x, o, dims[0]) if d < dims[0] else (x, o) for x, o, d in zip(s, old, dims)]
-    new, error, ok = compute(jnp.concatenate([x for x, _ in padded]),
-                             jnp.concatenate([o for _, o in padded]), exponent, count)
+    join = lambda xs: jnp.concatenate([zero_pad(x, dims[0]) for x in xs])  # noqa: E731
+    new, error, ok = compute(join(s), join(old), jnp.concatenate(own), exponent, count)
     ends = np.cumsum([x.shape[0] for x in s])
     results = [(n[:, :d, :d], e, o) for n, e, o, d in
                zip(*(jnp.split(x, ends[:-1]) for x in (new, error, ok)), dims)]

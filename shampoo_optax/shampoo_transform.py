@@ -313,7 +313,7 @@ def scale_by_shampoo(
           _inverse_roots, method=root_method, matrix_eps=matrix_eps,
           max_root_error=max_root_error, pseudo_inverse_rtol=pseudo_inverse_rtol),
       apply=functools.partial(_precondition_and_graft, graft=graft, orthogonalize=orthogonalize),
-      outputs=("step",), refresh_first=True, pad=factor_matrices.zero_pad)
+      outputs=("step",), refresh_first=True)
 
   def step_fn(grads, mu, nu, groups, count):
     mu = optax.tree.update_moment(grads, mu, b1, 1)
@@ -363,7 +363,7 @@ def _precondition_and_graft(plan, blocks, roots, scalars, *, graft, orthogonaliz
       x = m if graft != "none" else a * m
     else:
       x = a * m + b * g
-    x = core.along_axes(x, plan.stack_factors(s, roots), transpose=True)
+    x = core.along_axes(x, roots[s], transpose=True)
     directions.append(core.orthogonalize_blocks(x) if orthogonalize else x)
   if graft == "none":
     return {"step": directions}
@@ -377,10 +377,12 @@ def _graft_scale(direction: jax.Array, target_norm: jax.Array) -> jax.Array:
   return jnp.where(norm > 0, target_norm / jnp.where(norm > 0, norm, 1), 0)
 
 
-def _inverse_roots(stats, old_roots, p, count, *, method, matrix_eps, max_root_error,
+def _inverse_roots(stats, old_roots, own, p, count, *, method, matrix_eps, max_root_error,
                    pseudo_inverse_rtol):
-  """factor_matrices.Compute for Shampoo: (roots, error, ok)."""
-  del old_roots, count
+  """factor_matrices.Compute for Shampoo: (roots, error, ok). A zero-padded
+  statistic's root is its own root, padded (block diagonal), so ``own`` is not
+  needed."""
+  del old_roots, own, count
   root = functools.partial(
       matrix_functions.matrix_inverse_pth_root, stats, p,
       relative_ridge_epsilon=matrix_eps, fallback_threshold=max_root_error,

@@ -189,10 +189,8 @@ def scale_by_soap(
   schedule = factor_matrices.Schedule(precondition_every, start_preconditioning_step,
                                       stagger_basis_refresh)
   soap_core = core.Core(
-      layout=blocking.Layout(block_size, max_merged_dim,
-                             skip_preconditioning_dim_size_gt,
-                             shard_multiple=block_sharding.size if local is None else 1,
-                             pad_slots=False),
+      layout=block_layout(block_size, max_merged_dim, skip_preconditioning_dim_size_gt,
+                          shard_multiple=block_sharding.size if local is None else 1),
       codec=codec, precond_codec=basis_codec, block_sharding=block_sharding, local=local,
       schedule=schedule,
       moments=moments.MomentDtypes.create(
@@ -207,8 +205,7 @@ def scale_by_soap(
                               orthogonalize=orthogonalize),
       outputs=("step", "nu"), refresh_first=False, change=_rotation_map,
       after_refresh=functools.partial(_carry_second_moment,
-                                      staggered=stagger_basis_refresh),
-      pad=_separated_pad)
+                                      staggered=stagger_basis_refresh))
 
   def adam(grads, mu, nu, count):
     """Adam's step (mu already updated), for the leaves SOAP does not rotate."""
@@ -248,6 +245,31 @@ def scale_by_soap(
   return soap_core.transformation(SoapState, step_fn)
 
 
+def block_layout(block_size: int, max_merged_dim: int | None,
+                 skip_preconditioning_dim_size_gt: int, shard_multiple: int = 1, *,
+                 own_slots: bool = False) -> blocking.Layout:
+  """SOAP's block layout.
+
+  As Shampoo's, each statistic sits in a slot rounded up to a power of two,
+  and blocks are padded with zeros into the stack of their slots' shape where
+  that is cheap (``blocking.py``): fewer, larger batched products. Unlike
+  Shampoo's, slots are not merged into larger ones beyond that rounding: a
+  basis is stored whole, so SOAP's state, at its float32 floor (five floats
+  per preconditioned parameter), would pay for it. The padding is kept apart
+  from each statistic's eigenbasis (:func:`_separated`). The rows of a joined
+  stack's factors are consecutive (``stack_rows``), so its bases are read as
+  one slice per axis.
+
+  ``own_slots``: the layout before 0.3.0, a slot of each statistic's own size
+  and a stack per block shape, which ``shampoo_optax.upgrade_state`` reads.
+  """
+  if own_slots:
+    return blocking.Layout(block_size, max_merged_dim, skip_preconditioning_dim_size_gt,
+                           shard_multiple=shard_multiple, pad_slots=False)
+  return blocking.Layout(block_size, max_merged_dim, skip_preconditioning_dim_size_gt,
+                         shard_multiple=shard_multiple, merge_slots=False, stack_rows=True)
+
+
 def _adam_in_eigenbasis(plan, blocks, bases, scalars, *, nesterov=False, orthogonalize=False):
   """Per stack: G and m into the eigenbasis, Adam's step there, the step back.
 
@@ -259,7 +281,7 @@ def _adam_in_eigenbasis(plan, blocks, bases, scalars, *, nesterov=False, orthogo
   b1, b2, eps, count = (scalars[k] for k in ("b1", "b2", "eps", "count"))
   steps, nus = [], []
   for s, (g, m, v) in enumerate(zip(blocks["grads"], blocks["mu"], blocks["nu"])):
-    mats = plan.stack_factors(s, bases)
+    mats = bases[s]
     g = core.along_axes(g, mats, transpose=True)
     m = core.along_axes(m, mats, transpose=True)
     v = b2 * v + (1 - b2) * jnp.square(g)
@@ -308,48 +330,59 @@ def _carry_second_moment(plan, outputs, changes, count, *, staggered):
 
 def _carry_changed(plan, nu_stacks, *, changes):
   out = []
-  for stack, blocks in zip(plan.stacks, nu_stacks):
-    for axis, index in stack.factors:
-      factor = plan.factors[index]
-      rows, changed, maps = changes[factor.group]
-      local = rows - factor.offset  # the factor's blocks among the group's rows
-      inside = changed & (local >= 0) & (local < factor.size)
-      # Its blocks in the stack; elsewhere: not gathered, dropped.
-      local = jnp.where(inside, local + factor.start, stack.size)
-      sub = jnp.take(blocks, local, axis=0, mode="fill", fill_value=0)
-      sub = core.along_axis(sub, maps, axis, transpose=False)
-      blocks = blocks.at[local].set(sub, mode="drop")
+  for s, (stack, blocks) in enumerate(zip(plan.stacks, nu_stacks)):
+    for axis, runs in plan.stack_axes(s):
+      # The statistic's corner of its slot (the stack's blocks may be smaller
+      # than the slot; a basis is block diagonal, see _eigenbasis).
+      d = stack.block_shape[axis]
+      for run in runs:
+        rows, changed, maps = changes[run.group]
+        local = rows - run.offset  # the run's blocks among the group's rows
+        inside = changed & (local >= 0) & (local < run.size)
+        # Its blocks in the stack; elsewhere: not gathered, dropped.
+        local = jnp.where(inside, local + run.start, stack.size)
+        sub = jnp.take(blocks, local, axis=0, mode="fill", fill_value=0)
+        sub = core.along_axis(sub, maps[:, :d, :d], axis, transpose=False)
+        blocks = blocks.at[local].set(sub, mode="drop")
     out.append(blocks)
   return out
 
 
-def _separated_pad(stats: jax.Array, old: jax.Array, size: int) -> tuple[jax.Array, jax.Array]:
-  """factor_matrices.Pad for SOAP: statistics padded with ``-c I``, ``c`` above
-  their spectral radius, and bases with ``I``.
+def _separated(stats: jax.Array, old: jax.Array, own: jax.Array):
+  """Statistics and bases ``[r, d, d]`` whose rows' own corners are ``own``
+  ``[r]`` (the rest zero padding, see ``factor_matrices.Compute``), made
+  block diagonal with the padding separated: statistics ``-c I`` and bases
+  ``I`` there, ``c`` above the statistic's spectral radius. Also returns
+  ``tidy``, which makes a computed basis exactly that block diagonal.
 
   Zero padding would give the padded coordinates eigenvalue 0, tied with a
   rank-deficient statistic's own null space, so that eigh could mix the two.
   Separated below every eigenvalue, the padded coordinates are eigenvectors of
-  their own: the block-diagonal matrix decomposes into the statistic's basis
-  (rows and columns ``:d``, with the eigenvalues in descending order, as
+  their own: the matrix decomposes into the statistic's basis (its own
+  coordinates, with the eigenvalues in descending order, as
   :func:`_eigenbasis` returns them) and unit vectors, and the QR refresh, whose
   columns are sorted by their estimated eigenvalues, keeps them last too.
   """
+  d = stats.shape[-1]
+  inside = jnp.arange(d)[None, :] < own[:, None]  # [r, d]: the own coordinates
+  block = inside[:, :, None] & inside[:, None, :]
+  padding = jnp.eye(d, dtype=stats.dtype)[None] * (~inside)[:, None, :].astype(stats.dtype)
   bound = 1 + jnp.sum(jnp.abs(stats), axis=(-2, -1))  # >= the spectral radius
-  padding = jnp.diag(jnp.arange(size) >= stats.shape[-1]).astype(stats.dtype)[None]
-  stats, old = factor_matrices.zero_pad(stats, old, size)
-  return stats - bound[:, None, None] * padding, old + padding
+  tidy = lambda x: jnp.where(block, x, padding)  # noqa: E731
+  return jnp.where(block, stats, -bound[:, None, None] * padding), tidy(old), tidy
 
 
-def _eigenbasis(stats, old, exponent, count, *, method, qr_from):
+def _eigenbasis(stats, old, own, exponent, count, *, method, qr_from):
   """factor_matrices.Compute for SOAP: (basis, orthogonality error, ok).
 
   The basis's columns are in descending order of their eigenvalues (eigh's
   reversed): the order the QR refresh keeps, and the one that puts the
-  statistic's own basis first when it is padded (:func:`_separated_pad`).
+  statistic's own basis first when it is padded (:func:`_separated`), with
+  unit vectors in the padding.
   """
   del exponent
   hi = jax.lax.Precision.HIGHEST
+  stats, old, tidy = _separated(stats, old, own)
 
   def eigh():
     return matrix_functions.eigh(stats)[1][..., ::-1]
@@ -371,6 +404,7 @@ def _eigenbasis(stats, old, exponent, count, *, method, qr_from):
     basis = core.on_tpu_else(tpu=refine, other=eigh)
   else:
     basis = eigh() if method == "eigh" else refine()
+  basis = tidy(basis)
   d = stats.shape[-1]
   gram = jnp.matmul(jnp.swapaxes(basis, -1, -2), basis, precision=hi)
   error = jnp.linalg.norm(gram - jnp.eye(d, dtype=gram.dtype)[None], axis=(-2, -1))

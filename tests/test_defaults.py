@@ -10,13 +10,15 @@ preconditioned steps before every root exists, Newton roots on accelerators)
 shows up as a difference in the updates, step by step.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import shampoo_optax
-from shampoo_optax import blocking, factor_matrices
+from shampoo_optax import blocking, factor_matrices, soap_transform
 from tests import reference
 
 # Documented defaults of shampoo() (what the reference is told; the optimizer is not).
@@ -224,9 +226,9 @@ def test_nesterov_soap_matches_reference(rng):
   assert max(np.abs(a - b).max() for a, b in zip(want, plain)) > 1e-3
 
 
-# SOAP: ten statistics of size 16 (a's five 16 x 16 blocks), w's 6 and 5. The
-# 6-group's bases are computed with the 16-group's, padded (see
-# soap_transform._separated_pad); the 5-group's apart.
+# SOAP: ten statistics of size 16 (a's five 16 x 16 blocks), w's 6 and 5, both
+# in a group of 8 x 8 slots whose bases are computed with the 16-group's,
+# padded (see soap_transform._separated).
 SOAP_SHARED_SHAPES = {"a": (16, 80), "w": (6, 5)}
 
 
@@ -236,10 +238,10 @@ def test_soap_groups_sharing_a_basis_computation_match_reference(rng, basis_meth
   block's updates match SOAP's float64 reference on that block alone. After
   the first step w's 6 x 6 statistic has a null space, which padding with
   zeros would tie with the padded coordinates."""
-  plan = blocking.Layout(16, None, 4096, pad_slots=False).plan_shapes(
+  plan = soap_transform.block_layout(16, None, 4096).plan_shapes(
       list(SOAP_SHARED_SHAPES.values()))
-  assert [g.dim for g in plan.groups] == [16, 6, 5]
-  assert factor_matrices.shared_computations(plan.groups) == [[0, 1], [2]]
+  assert [g.dim for g in plan.groups] == [16, 8]
+  assert factor_matrices.shared_computations(plan.groups) == [[0, 1]]
   params = _tree(rng, SOAP_SHARED_SHAPES)
   grads_seq = [_tree(rng, SOAP_SHARED_SHAPES) for _ in range(6)]
   tx = shampoo_optax.soap(0.01, b2=0.95, block_size=16, precondition_every=1,
@@ -276,6 +278,48 @@ def test_soap_shared_basis_computation_changes_no_result(rng, monkeypatch):
       np.testing.assert_allclose(a[k], b[k], rtol=1e-4, atol=1e-7, err_msg=f"step {t} {k}")
   for k in nu_shared:
     np.testing.assert_allclose(nu_shared[k], nu_alone[k], rtol=1e-4, atol=1e-12)
+
+
+# SOAP's blocks padded into shared slots and stacks: a's 16 x 16 blocks, with e's
+# 12 x 16 and h's 16 x 12 padded into their stack (12 in a slot of 16); r's 12 x 6
+# and w's 6 x 5 blocks in stacks of their own, with statistics of 12 in slots of
+# 16 and of 6 and 5 in slots of 8.
+SOAP_PADDED_SHAPES = {"a": (16, 128), "e": (12, 16), "h": (16, 12), "r": (12, 6), "w": (6, 5)}
+
+
+@pytest.mark.parametrize("basis_method", ["eigh", "qr"])
+def test_soap_padded_slots_change_no_result(rng, monkeypatch, basis_method):
+  """SOAP's statistics in slots larger than themselves, and blocks padded into
+  a stack of larger ones, give the updates and second moments of a slot of
+  each statistic's own size and a stack per block shape (SOAP's layout before
+  0.3.0). r's 12 x 12 statistic has rank 6 and w's 6 x 6 rank 5 after the first
+  step: null spaces that zero padding would tie with the padded coordinates.
+  Every basis is refreshed on every step (``precondition_every=1``): a
+  staggered refresh would refresh other rows on other steps, since the rows'
+  order in their groups differs between the two layouts."""
+  plan = soap_transform.block_layout(16, None, 4096).plan_shapes(
+      list(SOAP_PADDED_SHAPES.values()))
+  assert [(s.block_shape, s.size) for s in plan.stacks] == [
+      ((16, 16), 10), ((12, 6), 1), ((6, 5), 1)]
+  assert [g.dim for g in plan.groups] == [16, 8]
+  params = _tree(rng, SOAP_PADDED_SHAPES)
+  grads_seq = [_tree(rng, SOAP_PADDED_SHAPES) for _ in range(6)]
+  runs = []
+  for own_slots in (False, True):
+    if own_slots:
+      monkeypatch.setattr(soap_transform, "block_layout",
+                          functools.partial(soap_transform.block_layout, own_slots=True))
+    tx = shampoo_optax.soap(0.01, block_size=16, precondition_every=1,
+                            basis_method=basis_method)
+    steps, state = _run(tx, params, grads_seq)
+    runs.append((steps, state[0].nu, [g.shape for g in jax.tree.leaves(state[0].stats)]))
+  (padded, nu_padded, shapes_padded), (own, nu_own, shapes_own) = runs
+  assert shapes_padded != shapes_own  # the two layouts did differ
+  for t, (a, b) in enumerate(zip(padded, own), start=1):
+    for k in a:
+      np.testing.assert_allclose(a[k], b[k], rtol=1e-4, atol=1e-7, err_msg=f"step {t} {k}")
+  for k in nu_padded:
+    np.testing.assert_allclose(nu_padded[k], nu_own[k], rtol=1e-4, atol=1e-12)
 
 
 def test_rank3_soap_matches_reference(rng):

@@ -85,6 +85,43 @@ def test_qr_refinement_keeps_orthonormal_bases(rng):
     np.testing.assert_allclose(gram, np.broadcast_to(np.eye(d), gram.shape), atol=1e-4)
 
 
+@pytest.mark.parametrize("method", ["eigh", "qr"])
+def test_basis_keeps_padded_coordinates_apart(rng, method):
+  """A statistic in a larger slot (zero padding beyond its own size, which a
+  compact codec's ridge puts on the whole diagonal) gets a block-diagonal
+  basis: an orthonormal basis of its own corner, which with eigh diagonalizes
+  the statistic with eigenvalues in descending order, and the identity on the
+  padding. The statistics are rank deficient, so that their null space ties
+  with the padding (the ridge gives both the same eigenvalue)."""
+  from shampoo_optax import soap_transform  # noqa: PLC0415
+
+  slot, own = 16, np.array([16, 12, 12, 9, 6, 5, 5, 1])
+  stats, olds = [], []
+  for d in own:
+    x = rng.standard_normal((d, max(1, d // 2)))
+    s = np.zeros((slot, slot))
+    s[:d, :d] = x @ x.T
+    stats.append(s + 1e-3 * np.eye(slot))  # the ridge, on the padding too
+    q = np.eye(slot)
+    q[:d, :d] = np.linalg.qr(rng.standard_normal((d, d)))[0]  # an earlier basis
+    olds.append(q)
+  basis, error, ok = soap_transform._eigenbasis(
+      jnp.asarray(np.stack(stats), jnp.float32), jnp.asarray(np.stack(olds), jnp.float32),
+      jnp.asarray(own, jnp.int32), 2, jnp.asarray(5), method=method, qr_from=0)
+  assert np.all(np.asarray(ok)) and np.all(np.asarray(error) < 1e-4)
+  for q, s, d in zip(np.asarray(basis, np.float64), stats, own):
+    np.testing.assert_array_equal(q[:d, d:], 0)
+    np.testing.assert_array_equal(q[d:, :d], 0)
+    np.testing.assert_array_equal(q[d:, d:], np.eye(slot - d))
+    corner = q[:d, :d]
+    np.testing.assert_allclose(corner.T @ corner, np.eye(d), atol=1e-5)
+    if method == "eigh":
+      rotated = corner.T @ s[:d, :d] @ corner
+      scale = np.abs(s).max()
+      np.testing.assert_allclose(rotated - np.diag(np.diag(rotated)), 0, atol=1e-5 * scale)
+      assert np.all(np.diff(np.diag(rotated)) <= 1e-5 * scale)  # descending
+
+
 @pytest.mark.parametrize("dtype", ["bfloat16", "int8"])
 def test_compact_storage_runs(rng, dtype):
   params = random_tree(rng, SHAPES)
@@ -160,7 +197,10 @@ def test_second_moment_carried_into_refreshed_bases_only(rng, stagger, platforms
   monkeypatch.setattr(factor_matrices, "UNCONDITIONAL_PLATFORMS", platforms)
 
   leaves = [jnp.zeros(s) for s in [(12, 8), (8, 8), (3, 8, 4), (20, 6)]]
-  plan = blocking.Layout(4, 4, 4096, pad_slots=False).plan(leaves)
+  plan = soap_transform.block_layout(4, 4, 4096).plan(leaves)
+  # A block side of 3, with its statistics in slots of 4: its maps are cut to
+  # the block's corner.
+  assert any(f.dim < plan.groups[f.group].dim for f in plan.factors)
   schedule = factor_matrices.Schedule(every=3, start=0, stagger=stagger)
   codec, stats_codec = quantization.Codec(symmetric=False), quantization.Codec()
 
@@ -180,10 +220,19 @@ def test_second_moment_carried_into_refreshed_bases_only(rng, stagger, platforms
     stats.append(stats_codec.encode(jnp.asarray(
         (x @ np.swapaxes(x, -1, -2)) * nonzero[:, None, None], jnp.float32)))
 
-  def compute(s, q, exponent, count):
+  slot_of = {f.dim: plan.groups[f.group].dim for f in plan.factors}
+
+  def compute(s, q, own, exponent, count):
+    # Each row's slot turned by its group's rotation; a group padded into a larger one's
+    # computation keeps its slot apart, as factor_matrices.Compute asks.
     del s, exponent, count
-    new = jnp.einsum("zij,jk->zik", q, jnp.asarray(turn[q.shape[-1]], jnp.float32),
-                     precision=jax.lax.Precision.HIGHEST)
+    size = q.shape[-1]
+    turns = 0
+    for d, slot in slot_of.items():
+      padded = np.eye(size)
+      padded[:slot, :slot] = turn[slot]
+      turns = turns + jnp.where((own == d)[:, None, None], jnp.asarray(padded, jnp.float32), 0.0)
+    new = jnp.einsum("zij,zjk->zik", q, turns, precision=jax.lax.Precision.HIGHEST)
     return new, jnp.zeros(q.shape[:1]), jnp.ones(q.shape[:1], bool)
 
   nu = [jnp.asarray(rng.uniform(size=x.shape), jnp.float32) for x in leaves]
@@ -206,11 +255,13 @@ def test_second_moment_carried_into_refreshed_bases_only(rng, stagger, platforms
         rows, due = factor_matrices.due_rows(schedule, jnp.asarray(count), g.padded_size)
         due_rows = {int(r) for r, d in zip(rows, due) if d}
         q_old = np.asarray(codec.decode(old[f.group], g.dim), np.float64)
-        for z in range(stack.size):
+        for z in range(f.size):  # the factor's blocks, from block f.start of the stack
           r = f.offset + z
           if r in due_rows and seen[f.group][r]:
-            p2 = ((q_old[r] @ turn[g.dim]).T @ q_old[r]) ** 2
-            want[z] = np.moveaxis(np.tensordot(p2, want[z], axes=([1], [axis])), 0, axis)
+            d = stack.block_shape[axis]
+            p2 = (((q_old[r] @ turn[g.dim]).T @ q_old[r]) ** 2)[:d, :d]
+            want[f.start + z] = np.moveaxis(
+                np.tensordot(p2, want[f.start + z], axes=([1], [axis])), 0, axis)
       np.testing.assert_allclose(np.asarray(after), want, rtol=1e-5, atol=1e-6)
       moved = np.any(np.asarray(after) != np.asarray(before), axis=tuple(range(1, want.ndim)))
       carried += int(moved.sum())

@@ -98,3 +98,101 @@ def test_a_state_of_the_other_optimizer_is_an_error():
     shampoo.update(params, soap.init(params), params)
   with pytest.raises(TypeError, match="takes a SoapState, got a ShampooState"):
     soap.update(params, shampoo.init(params), params)
+
+
+# Statistics of 12, 6 and 5 (in slots of 16 and 8 since 0.3.0, of their own size before),
+# and a 16 x 12 block that 0.3.0 pads into the stack of the 16 x 16 ones.
+SOAP_SHAPES = {"a": (16, 32), "h": (16, 12), "r": (12, 6), "w": (6, 5)}
+
+
+@pytest.mark.parametrize("statistics_dtype", ["float32", "bfloat16"])
+def test_soap_state_in_its_own_size_slots_upgrades(rng, monkeypatch, statistics_dtype):
+  """A SOAP state saved in SOAP's layout before 0.3.0 (a slot of each statistic's own size,
+  a stack per block shape; rows in another order) is moved to the current layout: every
+  block's statistics, bases, errors and failure counts, exactly (compact storage to its
+  rounding, re-encoded; read per parameter through diagnostics' own map of rows). With
+  float32 storage, training on from it also gives the
+  updates of a state that had the current layout all along (compact storage rounds
+  stochastically with keys per group, so two such runs differ by its rounding)."""
+  import functools  # noqa: PLC0415
+
+  from shampoo_optax import soap_transform  # noqa: PLC0415
+  from shampoo_optax.diagnostics import _rows_of_leaf  # noqa: PLC0415
+
+  params = {k: jnp.asarray(rng.standard_normal(s), jnp.float32) for k, s in SOAP_SHAPES.items()}
+  grads = [{k: jnp.asarray(rng.standard_normal(s), jnp.float32) for k, s in SOAP_SHAPES.items()}
+           for _ in range(4)]
+  kw = dict(block_size=16, precondition_every=1, statistics_dtype=statistics_dtype)
+
+  def run(tx, state, steps):
+    update = jax.jit(tx.update)
+    for g in steps:
+      u, state = update(g, state, params)
+    return u, state
+
+  tx = shampoo_optax.soap(1e-2, **kw)
+  own_slots = functools.partial(soap_transform.block_layout, own_slots=True)
+  with monkeypatch.context() as m:
+    m.setattr(soap_transform, "block_layout", own_slots)
+    old_tx = shampoo_optax.soap(1e-2, **kw)
+    _, old_state = run(old_tx, old_tx.init(params), grads[:3])
+  _, new_state = run(tx, tx.init(params), grads[:3])
+  with pytest.raises(ValueError, match="do not fit these parameters' block plan"):
+    tx.update(grads[3], old_state, params)
+  upgraded = shampoo_optax.upgrade_state(jax.tree.map(np.asarray, old_state), tx, params)
+  assert jax.tree.structure(upgraded) == jax.tree.structure(new_state)
+  for got, want in zip(jax.tree.leaves(upgraded), jax.tree.leaves(new_state)):
+    assert got.shape == want.shape and got.dtype == want.dtype
+
+  leaves = jax.tree.leaves(params)
+  plans = [layout(16, None, 4096).plan(leaves)
+           for layout in (own_slots, soap_transform.block_layout)]
+  assert [g.dim for g in plans[0].groups] != [g.dim for g in plans[1].groups]
+  stats_codec = quantization.Codec(quantization.stored_dtype(new_state[0].stats[0]))
+  bases_codec = quantization.Codec(quantization.stored_dtype(new_state[0].bases[0]),
+                                   symmetric=False)
+  for i in range(len(leaves)):
+    if not plans[0].leaves[i].is_preconditioned:
+      continue
+    per_state = []
+    for state, plan in zip((old_state, upgraded), plans):
+      inner, blocks = state[0], []
+      for (g, rows), factor_dim in zip(_rows_of_leaf(plan, i),
+                                       _factor_dims(plan, i)):
+        d = plan.groups[g].dim
+        blocks.append((
+            np.asarray(stats_codec.decode(inner.stats[g], d))[rows, :factor_dim, :factor_dim],
+            np.asarray(bases_codec.decode(inner.bases[g], d))[rows, :factor_dim, :factor_dim],
+            np.asarray(inner.basis_errors[g])[rows], np.asarray(inner.basis_failures[g])[rows]))
+      per_state.append(blocks)
+    assert len(per_state[0]) == len(per_state[1]) > 0
+    for old_parts, new_parts in zip(*per_state):
+      for x, y in zip(old_parts, new_parts):
+        if statistics_dtype == "float32" or x.ndim == 1:
+          np.testing.assert_array_equal(x, y, err_msg=f"leaf {i}")
+        else:  # re-encoded: to compact storage's rounding
+          np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-4 * np.abs(x).max(),
+                                     err_msg=f"leaf {i}")
+
+  if statistics_dtype == "float32":
+    for got, want in zip(jax.tree.leaves(upgraded), jax.tree.leaves(new_state)):
+      np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+    a, _ = run(tx, upgraded, grads[3:])
+    b, _ = run(tx, new_state, grads[3:])
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+      np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-7)
+  # A state already in the current layout comes back as it was.
+  again = shampoo_optax.upgrade_state(jax.tree.map(np.asarray, new_state), tx, params)
+  for got, want in zip(jax.tree.leaves(again), jax.tree.leaves(new_state)):
+    np.testing.assert_array_equal(got, want)
+
+
+def _factor_dims(plan, leaf):
+  """The statistic size of each (group, rows) that ``_rows_of_leaf`` lists."""
+  out = []
+  for stack_index, first, _ in plan.block_location(leaf):
+    for _, index in plan.stacks[stack_index].factors:
+      f = plan.factors[index]
+      if f.start <= first < f.start + f.size:
+        out.append(f.dim)
+  return out
