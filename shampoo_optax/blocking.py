@@ -15,12 +15,12 @@ hashable, cached, never traced and never stored in the optimizer state):
    are not split. The other dimensions are split into blocks of ``block_size``,
    with a smaller block for the remainder.
 3. Blocks of equal shape, from any parameter, are stacked: one array
-   ``[num_blocks, *block_shape]`` per stack. With padded slots (Shampoo; see
-   4.), blocks whose statistics share slots are padded with zeros to the
-   slots' shape and share a stack, where that is cheap (``_joined_stacks``):
-   a ``(128, 96)`` block joins the ``(128, 128)`` ones. Their statistics keep
-   the rows a stack per shape would give them, so the state's layout does not
-   depend on it.
+   ``[num_blocks, *block_shape]`` per stack. With padded slots (see 4.),
+   blocks whose statistics share slots are padded with zeros to the slots'
+   shape and share a stack, where that is cheap (``_joined_stacks``): a
+   ``(128, 96)`` block joins the ``(128, 128)`` ones. Shampoo's statistics
+   keep the rows a stack per shape would give them, so its state's layout
+   does not depend on it; SOAP's are ordered by stack (``stack_rows``).
 4. Each preconditioned axis of a stack has one statistic per block (a
    "factor matrix" in Meta's DistributedShampoo's words). Factor matrices of
    equal root exponent are grouped by size, rounded up to a power of two (at
@@ -29,7 +29,9 @@ hashable, cached, never traced and never stored in the optimizer state):
    elsewhere, each factor's blocks in a contiguous range of rows (which the
    per-step work reads as a slice). The inverse root of that padded matrix has
    the root of the statistic in the same corner (the padding is a separate,
-   decoupled block), so the rounding changes no result. It bounds the number of
+   decoupled block), so the rounding changes no result (SOAP keeps its
+   eigenbases' padding apart, see ``soap_transform.block_layout``; its slots
+   are only rounded, not merged further). It bounds the number of
    groups, and each group is one batched root computation and one piece of
    compiled code: a model compiles to a handful of them however many odd
    remainder sizes its layers have. ``rows`` is rounded up to a multiple of
@@ -454,8 +456,9 @@ def make_plan(
   # appearance of their (slot size, exponent).
   slot = _slot_sizes(members, blocks_of, block_size, pad_slots, merge_slots)
   # Each block shape's blocks go to a stack of their own, or with pad_slots to
-  # a stack joined with others (padded to it). The statistics' rows are laid
-  # out by block shape either way, so joining changes no state.
+  # a stack joined with others (padded to it). Without stack_rows the
+  # statistics' rows are laid out by block shape either way, so joining
+  # changes no state.
   joined = _joined_stacks(members, slot, blocks_of) if pad_slots else {k: k for k in members}
   stack_keys = list(dict.fromkeys(joined.values()))
   stack_members: dict[tuple, list[tuple[int, int]]] = {k: [] for k in stack_keys}
