@@ -188,6 +188,10 @@ def upgrade_state(old_state: Any, tx: optax.GradientTransformation, params: opta
     >>> # raw = checkpointer.restore(path)["opt_state"]    # saved by 0.1
     >>> # opt_state = upgrade_state(raw, tx, params)
   """
+  unknown = set(layout) - {"block_size", "max_merged_dim", "skip_preconditioning_dim_size_gt"}
+  if unknown:
+    raise TypeError(f"upgrade_state() got unexpected layout arguments {sorted(unknown)}: it "
+                    "takes block_size, max_merged_dim and skip_preconditioning_dim_size_gt")
   by_path = {_plain_path(p): x for p, x in jax.tree_util.tree_flatten_with_path(old_state)[0]}
   template = jax.eval_shape(tx.init, params)
   for path, soap in jax.tree_util.tree_flatten_with_path(

@@ -73,6 +73,8 @@ def test_a_state_of_another_optimizer_is_an_error(rng):
   saved = [{"count": np.zeros((), np.int32)}]
   with pytest.raises(ValueError, match="no leaf"):
     shampoo_optax.upgrade_state(saved, shampoo_optax.shampoo(1e-2, **KW), params)
+  with pytest.raises(TypeError, match="unexpected layout arguments.*'blocksize'"):
+    shampoo_optax.upgrade_state(saved, shampoo_optax.soap(1e-2, **KW), params, blocksize=4)
 
 
 @pytest.mark.parametrize("make", [shampoo_optax.shampoo, shampoo_optax.soap])
