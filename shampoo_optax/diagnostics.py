@@ -21,7 +21,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from shampoo_optax import blocking, matrix_functions, quantization, soap_transform
+from shampoo_optax import (
+  blocking,
+  factor_matrices,
+  matrix_functions,
+  quantization,
+  soap_transform,
+)
 from shampoo_optax.shampoo_transform import ShampooState
 from shampoo_optax.soap_transform import SoapState
 
@@ -84,8 +90,11 @@ def diagnostics(
   named_rows = [(jax.tree_util.keystr(path), _rows_of_leaf(plan, i))
                 for i, (path, _) in enumerate(leaves)]
   named_rows = [(name, rows) for name, rows in named_rows if rows]
+  # Each row's statistic size in its slot (the rest is padding; see _report).
+  own = tuple(factor_matrices.own_sizes(plan, g, jnp.arange(codec.num_matrices(s)))
+              for g, s in enumerate(stats))
   values = _report(
-      stats, errors, failures, dims=tuple(g.dim for g in plan.groups), dtype=codec.dtype,
+      stats, errors, failures, own, dims=tuple(g.dim for g in plan.groups), dtype=codec.dtype,
       leaf_rows=tuple(tuple((g, tuple(int(x) for x in r)) for g, r in rows)
                       for _, rows in named_rows))
   report = {}
@@ -95,12 +104,20 @@ def diagnostics(
 
 
 @functools.partial(jax.jit, static_argnames=("dims", "dtype", "leaf_rows"))
-def _report(stats, errors, failures, *, dims, dtype, leaf_rows):
-  """(worst root error, failures, worst condition) per leaf, in one compiled call."""
+def _report(stats, errors, failures, own, *, dims, dtype, leaf_rows):
+  """(worst root error, failures, worst condition) per leaf, in one compiled call.
+
+  A statistic smaller than its slot (``own``) has the mean of its own diagonal
+  on the padding's diagonal: a value within its spectrum (a Rayleigh quotient),
+  so that the padding's zeros do not read as a singular statistic."""
   codec = quantization.Codec(dtype)
   condition = []
-  for dim, s in zip(dims, stats):
-    lo, hi = matrix_functions.extreme_eigenvalues(codec.decode(s, dim))
+  for dim, s, n in zip(dims, stats, own):
+    m = codec.decode(s, dim)
+    diagonal = jnp.diagonal(m, axis1=-2, axis2=-1)
+    mean = (jnp.sum(jnp.where(jnp.arange(dim)[None, :] < n[:, None], diagonal, 0), -1)
+            / jnp.maximum(n, 1).astype(diagonal.dtype))
+    lo, hi = matrix_functions.extreme_eigenvalues(factor_matrices.with_padding(m, n, mean))
     condition.append(jnp.where(lo > 0, hi / jnp.where(lo > 0, lo, 1), jnp.inf))
   take = lambda arrays, g, r: jnp.take(arrays[g], jnp.asarray(r), axis=0)  # noqa: E731
   return [

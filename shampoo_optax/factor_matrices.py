@@ -61,6 +61,18 @@ def zero_pad(x: jax.Array, size: int) -> jax.Array:
   return x if d == size else jnp.pad(x, ((0, 0), (0, size - d), (0, size - d)))
 
 
+def with_padding(x: jax.Array, own: jax.Array, diagonal: jax.typing.ArrayLike) -> jax.Array:
+  """``[r, d, d]`` matrices with each row's own ``own[i] x own[i]`` corner
+  kept and ``diagonal[i] I`` on the rest (``diagonal`` ``[r]`` or a scalar):
+  block diagonal, so the corner's eigenvectors and eigenvalues are kept and
+  the padding's are ``diagonal[i]`` on unit vectors."""
+  d = x.shape[-1]
+  inside = jnp.arange(d)[None, :] < own[:, None]
+  block = inside[:, :, None] & inside[:, None, :]
+  padding = jnp.eye(d, dtype=x.dtype)[None] * (~inside)[:, None, :].astype(x.dtype)
+  return jnp.where(block, x, jnp.asarray(diagonal, x.dtype).reshape(-1, 1, 1) * padding)
+
+
 def own_sizes(plan: blocking.Plan, group: int, rows: jax.Array) -> jax.Array:
   """int32 ``[len(rows)]``: the size of the statistic at each row of ``group``
   (its factor's ``dim``; 0 for rows that hold none, past the group's factors)."""

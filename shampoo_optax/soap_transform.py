@@ -363,13 +363,9 @@ def _separated(stats: jax.Array, old: jax.Array, own: jax.Array):
   :func:`_eigenbasis` returns them) and unit vectors, and the QR refresh, whose
   columns are sorted by their estimated eigenvalues, keeps them last too.
   """
-  d = stats.shape[-1]
-  inside = jnp.arange(d)[None, :] < own[:, None]  # [r, d]: the own coordinates
-  block = inside[:, :, None] & inside[:, None, :]
-  padding = jnp.eye(d, dtype=stats.dtype)[None] * (~inside)[:, None, :].astype(stats.dtype)
   bound = 1 + jnp.sum(jnp.abs(stats), axis=(-2, -1))  # >= the spectral radius
-  tidy = lambda x: jnp.where(block, x, padding)  # noqa: E731
-  return jnp.where(block, stats, -bound[:, None, None] * padding), tidy(old), tidy
+  tidy = lambda x: factor_matrices.with_padding(x, own, 1.0)  # noqa: E731
+  return factor_matrices.with_padding(stats, own, -bound), tidy(old), tidy
 
 
 def _eigenbasis(stats, old, own, exponent, count, *, method, qr_from):

@@ -38,6 +38,23 @@ def test_condition_matches_numpy(rng):
   assert got == pytest.approx(want, rel=1e-2)
 
 
+@pytest.mark.parametrize("make", [shampoo_optax.scale_by_shampoo, shampoo_optax.scale_by_soap])
+def test_condition_of_a_statistic_in_a_larger_slot(rng, make):
+  """A 6 x 6 statistic sits in an 8 x 8 slot (the 8 x 6 block's right side): its condition is
+  its own, not that of its zero padding (which read as singular, ``inf``)."""
+  params = random_tree(rng, {"v": (8, 6)})
+  grads = [random_tree(rng, {"v": (8, 6)}) for _ in range(4)]
+  b2 = 1.0 if make is shampoo_optax.scale_by_shampoo else 0.5
+  _, state = run_updates(make(b2=b2, **KW), params, grads)
+  g = [np.asarray(x["v"], np.float64) for x in grads]
+  weights = [1.0] * len(g) if b2 == 1.0 else [(1 - b2) * b2 ** (len(g) - 1 - k)
+                                               for k in range(len(g))]
+  want = max(np.linalg.cond(sum(w * x @ x.T for w, x in zip(weights, g))),
+             np.linalg.cond(sum(w * x.T @ x for w, x in zip(weights, g))))
+  got = float(shampoo_optax.diagnostics(state, params, block_size=8)["['v']"]["condition"])
+  assert got == pytest.approx(want, rel=1e-2)
+
+
 def test_failures_are_reported_for_the_parameter(rng):
   params = random_tree(rng, SHAPES)
   tx = shampoo_optax.scale_by_shampoo(**KW)
