@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import shampoo_optax
-from shampoo_optax import blocking, quantization
+from shampoo_optax import blocking, factor_matrices, quantization
 
 # 3 + 3 statistics of w's 4 x 4 blocks and 1 of e's one-sided blocks: an odd
 # group, which 0.2 pads to an even number of rows.
@@ -159,8 +159,8 @@ def test_soap_state_in_its_own_size_slots_upgrades(rng, monkeypatch, statistics_
     per_state = []
     for state, plan in zip((old_state, upgraded), plans):
       inner, blocks = state[0], []
-      for (g, rows), factor_dim in zip(_rows_of_leaf(plan, i),
-                                       _factor_dims(plan, i)):
+      for g, rows in _rows_of_leaf(plan, i):
+        factor_dim = int(factor_matrices.own_sizes(plan, g, jnp.asarray(rows[:1]))[0])
         d = plan.groups[g].dim
         blocks.append((
             np.asarray(stats_codec.decode(inner.stats[g], d))[rows, :factor_dim, :factor_dim],
@@ -188,13 +188,3 @@ def test_soap_state_in_its_own_size_slots_upgrades(rng, monkeypatch, statistics_
   for got, want in zip(jax.tree.leaves(again), jax.tree.leaves(new_state)):
     np.testing.assert_array_equal(got, want)
 
-
-def _factor_dims(plan, leaf):
-  """The statistic size of each (group, rows) that ``_rows_of_leaf`` lists."""
-  out = []
-  for stack_index, first, _ in plan.block_location(leaf):
-    for _, index in plan.stacks[stack_index].factors:
-      f = plan.factors[index]
-      if f.start <= first < f.start + f.size:
-        out.append(f.dim)
-  return out
