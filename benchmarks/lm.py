@@ -16,21 +16,34 @@ worst step / median step, compile time and optimizer-state bytes.
     python benchmarks/lm.py --optimizers adamw,shampoo --seeds 0
     python benchmarks/lm.py --optimizers adamw,shampoo_bf16,shampoo_int8 \
         --lrs 4e-3 --adamw-b2s 0.95            # compact statistics
+    python benchmarks/lm.py --interleave --steps 200 \
+        --optimizers adamw@2e-3,shampoo@4e-3,soap@5e-3   # step time only, interleaved
+
+``--interleave`` measures step time alone, and more steadily than the training runs, which
+time each optimizer in its own stretch of minutes: every optimizer's train step is compiled,
+then each takes one step in turn on the same batch, ``--steps`` times (after a warm-up of
+``--precondition-every`` steps), so that a machine that slows down for a while slows every
+optimizer alike. Printed: the median ms/step, and the ratio to AdamW's over each window of
+``--precondition-every`` consecutive steps (one cycle of staggered refreshes): the windows'
+median and range. Each optimizer runs at its first learning rate (``@lr`` or ``--lrs``'s).
+
+The script leaves ``OPENBLAS_NUM_THREADS`` as it finds it: on CPU the package sets SciPy's BLAS,
+which runs jaxlib's eigh, to one thread itself when the variable is unset
+(``shampoo_optax.matrix_functions.single_threaded_cpu_lapack``), so a run without it measures
+what a user gets.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import pathlib
 import sys
 import time
 
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # see examples/char_lm.py
-
-import numpy as np  # noqa: E402
-import optax  # noqa: E402
+import jax
+import numpy as np
+import optax
 
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -124,6 +137,52 @@ def table(rows: list[dict]) -> str:
   return "\n".join(lines)
 
 
+def interleaved(entries: list[tuple[str, optax.GradientTransformation]], corpus, args,
+                seed: int) -> list[dict]:
+  """Step time only: each optimizer's compiled train step, one step each in turn (see above)."""
+  kw = dict(num_layers=args.layers, seq_len=args.seq_len, batch_size=args.batch_size, seed=seed)
+  runs = []
+  for label, tx in entries:
+    _, state, train_step, data = lm_common.setup_lm(tx, corpus, **kw)
+    x0, y0 = next(data)
+    t = time.perf_counter()
+    compiled = train_step.trace(state, x0, y0).lower().compile()
+    runs.append(dict(label=label, state=state, step=compiled, compile_s=time.perf_counter() - t,
+                     state_bytes=sum(x.nbytes for x in jax.tree.leaves(state.opt_state)),
+                     times=[]))
+  window = args.precondition_every
+  for i in range(window + args.steps):
+    x, y = next(data)
+    for run in runs:
+      t = time.perf_counter()
+      run["state"], loss = run["step"](run["state"], x, y)
+      loss = float(loss)  # waits for the step
+      if i >= window:
+        run["times"].append(time.perf_counter() - t)
+      if not np.isfinite(loss):
+        raise SystemExit(f"{run['label']}: loss {loss} at step {i + 1}")
+  base = np.asarray(runs[0]["times"])
+  rows = []
+  for run in runs:
+    times = np.asarray(run["times"])
+    ratios = [times[k:k + window].sum() / base[k:k + window].sum()
+              for k in range(0, len(times) - window + 1, window)]
+    rows.append(dict(optimizer=run["label"], ms_per_step=1e3 * float(np.median(times)),
+                     x_adamw=float(np.median(ratios)), x_adamw_min=float(min(ratios)),
+                     x_adamw_max=float(max(ratios)), windows=len(ratios),
+                     compile_s=run["compile_s"], state_bytes=run["state_bytes"]))
+  return rows
+
+
+def interleaved_table(rows: list[dict]) -> str:
+  lines = [f"{'optimizer':>40} {'ms/step':>8} {'x AdamW':>8} {'windows':>14} {'compile s':>9}"]
+  for r in rows:
+    lines.append(f"{r['optimizer']:>40} {r['ms_per_step']:8.1f} {r['x_adamw']:8.3f} "
+                 f"{r['x_adamw_min']:6.2f}-{r['x_adamw_max']:<4.2f} ({r['windows']:>2}) "
+                 f"{r['compile_s']:9.1f}")
+  return "\n".join(lines)
+
+
 def machine() -> str:
   return hostinfo.describe()
 
@@ -146,6 +205,8 @@ def main(argv=None):
   p.add_argument("--eval-every", type=int, default=10)
   p.add_argument("--tiny", action="store_true", help="seconds-long smoke run")
   p.add_argument("--json", type=pathlib.Path, help="also write the results here")
+  p.add_argument("--interleave", action="store_true",
+                 help="step time only: the optimizers' steps taken in turn, --steps times")
   p.add_argument("--sweep-only", action="store_true",
                  help="ablations: only the first seed's sweeps, no AdamW baseline and no table")
   args = p.parse_args(argv)
@@ -164,6 +225,24 @@ def main(argv=None):
   optimizers = make_optimizers(args.weight_decay, args.block_size, args.precondition_every)
   common = dict(num_layers=args.layers, seq_len=args.seq_len, batch_size=args.batch_size,
                 steps=args.steps, eval_every=args.eval_every, progress=False)
+
+  if args.interleave:
+    entries = []
+    for name, kwargs, own_lrs in specs:
+      config = dict(lr=(own_lrs or lrs)[0], **kwargs)
+      if name == "adamw":
+        config.setdefault("b2", float(args.adamw_b2s.split(",")[0]))
+      lr = config.pop("lr")
+      entries.append((peers.spec_label(name, kwargs) + f"@{lr:g}", optimizers[name](lr, **config)))
+    rows = interleaved(entries, corpus, args, seeds[0])
+    print(f"\n{args.layers}-layer char Transformer, batch {args.batch_size}x{args.seq_len}, "
+          f"{args.steps} steps each, taken in turn after {args.precondition_every} untimed; "
+          f"x AdamW: median (range) over windows of {args.precondition_every} steps")
+    print(interleaved_table(rows))
+    if args.json:
+      args.json.write_text(json.dumps(dict(command=" ".join(sys.argv), machine=machine(),
+                                           rows=rows), indent=1))
+    return
 
   def run(label, name, config, seed):
     t = time.perf_counter()

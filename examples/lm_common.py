@@ -135,22 +135,18 @@ class History:
     return None, None
 
 
-def train_lm(tx, corpus: Corpus, *, name: str, num_layers: int = 4, d_model: int = 128,
-             seq_len: int = 64, batch_size: int = 32, steps: int = 300, seed: int = 0,
-             eval_every: int = 25, valid_batches: int = 8, progress: bool = True,
-             diagnostics_every: int = 0) -> History:
-  """Trains CharTransformer with optimizer ``tx`` (a flax TrainState loop).
+def setup_lm(tx, corpus: Corpus, *, num_layers: int = 4, d_model: int = 128, seq_len: int = 64,
+             batch_size: int = 32, seed: int = 0):
+  """CharTransformer, its flax TrainState with optimizer ``tx`` and the jitted train step.
 
-  With ``diagnostics_every``, a Shampoo optimizer's health is logged every that
-  many steps: the worst root error, the rejected roots and the worst
-  condition estimate over all parameters (``shampoo_optax.diagnostics``).
+  Returns ``(model, state, train_step, data)``: ``train_step(state, x, y)`` returns the new
+  state and the loss; ``data`` yields ``(x, y)`` training batches, its first one being the
+  batch the parameters were initialized with.
   """
   from flax.training import train_state  # noqa: PLC0415
 
   model = CharTransformer(len(corpus.vocab), d_model=d_model, num_layers=num_layers,
                           seq_len=seq_len)
-  data = batches(corpus.train, batch_size, seq_len, seed)
-  valid = fixed_batches(corpus.valid, valid_batches, 64, seq_len)
   x0, _ = next(batches(corpus.train, batch_size, seq_len, seed))
   state = train_state.TrainState.create(
       apply_fn=model.apply, params=model.init(jax.random.key(seed), x0), tx=tx)
@@ -160,6 +156,24 @@ def train_lm(tx, corpus: Corpus, *, name: str, num_layers: int = 4, d_model: int
     loss, grads = jax.value_and_grad(
         lambda p: cross_entropy(state.apply_fn(p, x), y))(state.params)
     return state.apply_gradients(grads=grads), loss
+
+  return model, state, train_step, batches(corpus.train, batch_size, seq_len, seed)
+
+
+def train_lm(tx, corpus: Corpus, *, name: str, num_layers: int = 4, d_model: int = 128,
+             seq_len: int = 64, batch_size: int = 32, steps: int = 300, seed: int = 0,
+             eval_every: int = 25, valid_batches: int = 8, progress: bool = True,
+             diagnostics_every: int = 0) -> History:
+  """Trains CharTransformer with optimizer ``tx`` (a flax TrainState loop, see :func:`setup_lm`).
+
+  With ``diagnostics_every``, a Shampoo optimizer's health is logged every that
+  many steps: the worst root error, the rejected roots and the worst
+  condition estimate over all parameters (``shampoo_optax.diagnostics``).
+  """
+  model, state, train_step, data = setup_lm(tx, corpus, num_layers=num_layers, d_model=d_model,
+                                            seq_len=seq_len, batch_size=batch_size, seed=seed)
+  valid = fixed_batches(corpus.valid, valid_batches, 64, seq_len)
+  x0, _ = next(batches(corpus.train, batch_size, seq_len, seed))
 
   @jax.jit
   def eval_loss(params, x, y):

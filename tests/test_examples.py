@@ -2,6 +2,7 @@
 # SPDX-License-Identifier: Apache-2.0
 """The examples and benchmarks run (at tiny settings), so they cannot rot."""
 
+import json
 import os
 import pathlib
 import subprocess
@@ -67,6 +68,21 @@ def test_cnn_benchmark_says_when_its_baseline_fails():
   out = run_process("benchmarks/cnn.py", "--tiny", "--optimizers", "adamw+b3=1")
   assert out.returncode != 0
   assert "AdamW, the ratios' baseline, did not run" in out.stderr and "'b3'" in out.stderr
+
+
+def test_lm_benchmark_interleaved_step_times(tmp_path):
+  """lm.py --interleave: every optimizer's step timed in turn, ratios to AdamW per window of
+  precondition_every steps (--tiny: 12 steps, windows of 4)."""
+  out = run_script(ROOT / "benchmarks" / "lm.py", "--tiny", "--interleave", "--optimizers",
+                   "shampoo,soap+nesterov=True@3e-3", "--json", tmp_path / "r.json")
+  rows = json.loads((tmp_path / "r.json").read_text())["rows"]
+  assert [r["optimizer"] for r in rows] == ["adamw@0.002", "shampoo@0.002",
+                                            "soap+nesterov=True@0.003"]
+  assert rows[0]["x_adamw"] == rows[0]["x_adamw_min"] == rows[0]["x_adamw_max"] == 1.0
+  for r in rows:
+    assert r["windows"] == 3 and r["ms_per_step"] > 0 and r["state_bytes"] > 0
+    assert r["x_adamw_min"] <= r["x_adamw"] <= r["x_adamw_max"]
+  assert "x AdamW: median (range) over windows of 4 steps" in out
 
 
 @pytest.mark.parametrize("script", ["examples/char_lm.py", "examples/nnx_digits.py",
