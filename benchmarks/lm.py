@@ -138,19 +138,24 @@ def table(rows: list[dict]) -> str:
 
 
 def interleaved(entries: list[tuple[str, optax.GradientTransformation]], corpus, args,
-                seed: int) -> list[dict]:
-  """Step time only: each optimizer's compiled train step, one step each in turn (see above)."""
+                seed: int, baseline: int = 0) -> list[dict]:
+  """Step time only: each optimizer's compiled train step, one step each in turn (see above);
+  ratios to ``entries[baseline]``'s step."""
+  window = args.precondition_every
+  if args.steps < window:
+    raise SystemExit(f"--interleave needs --steps >= --precondition-every ({window}): the "
+                     "ratios are taken over windows of that many steps")
   kw = dict(num_layers=args.layers, seq_len=args.seq_len, batch_size=args.batch_size, seed=seed)
   runs = []
   for label, tx in entries:
-    _, state, train_step, data = lm_common.setup_lm(tx, corpus, **kw)
-    x0, y0 = next(data)
+    _, state, train_step, init_data = lm_common.setup_lm(tx, corpus, **kw)
+    x0, y0 = next(init_data)
     t = time.perf_counter()
     compiled = train_step.trace(state, x0, y0).lower().compile()
     runs.append(dict(label=label, state=state, step=compiled, compile_s=time.perf_counter() - t,
                      state_bytes=sum(x.nbytes for x in jax.tree.leaves(state.opt_state)),
                      times=[]))
-  window = args.precondition_every
+  data = lm_common.batches(corpus.train, args.batch_size, args.seq_len, seed)
   for i in range(window + args.steps):
     x, y = next(data)
     for run in runs:
@@ -161,7 +166,7 @@ def interleaved(entries: list[tuple[str, optax.GradientTransformation]], corpus,
         run["times"].append(time.perf_counter() - t)
       if not np.isfinite(loss):
         raise SystemExit(f"{run['label']}: loss {loss} at step {i + 1}")
-  base = np.asarray(runs[0]["times"])
+  base = np.asarray(runs[baseline]["times"])
   rows = []
   for run in runs:
     times = np.asarray(run["times"])
@@ -227,6 +232,8 @@ def main(argv=None):
                 steps=args.steps, eval_every=args.eval_every, progress=False)
 
   if args.interleave:
+    if "adamw" not in [name for name, _, _ in specs]:
+      specs = [("adamw", {}, None), *specs]
     entries = []
     for name, kwargs, own_lrs in specs:
       config = dict(lr=(own_lrs or lrs)[0], **kwargs)
@@ -234,7 +241,8 @@ def main(argv=None):
         config.setdefault("b2", float(args.adamw_b2s.split(",")[0]))
       lr = config.pop("lr")
       entries.append((peers.spec_label(name, kwargs) + f"@{lr:g}", optimizers[name](lr, **config)))
-    rows = interleaved(entries, corpus, args, seeds[0])
+    rows = interleaved(entries, corpus, args, seeds[0],
+                       baseline=[name for name, _, _ in specs].index("adamw"))
     print(f"\n{args.layers}-layer char Transformer, batch {args.batch_size}x{args.seq_len}, "
           f"{args.steps} steps each, taken in turn after {args.precondition_every} untimed; "
           f"x AdamW: median (range) over windows of {args.precondition_every} steps")

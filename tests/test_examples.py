@@ -74,15 +74,19 @@ def test_lm_benchmark_interleaved_step_times(tmp_path):
   """lm.py --interleave: every optimizer's step timed in turn, ratios to AdamW per window of
   precondition_every steps (--tiny: 12 steps, windows of 4)."""
   out = run_script(ROOT / "benchmarks" / "lm.py", "--tiny", "--interleave", "--optimizers",
-                   "shampoo,soap+nesterov=True@3e-3", "--json", tmp_path / "r.json")
+                   "shampoo,adamw@1e-3,soap+nesterov=True@3e-3", "--json", tmp_path / "r.json")
   rows = json.loads((tmp_path / "r.json").read_text())["rows"]
-  assert [r["optimizer"] for r in rows] == ["adamw@0.002", "shampoo@0.002",
+  assert [r["optimizer"] for r in rows] == ["shampoo@0.002", "adamw@0.001",
                                             "soap+nesterov=True@0.003"]
-  assert rows[0]["x_adamw"] == rows[0]["x_adamw_min"] == rows[0]["x_adamw_max"] == 1.0
+  # The ratios' baseline is AdamW wherever the list puts it.
+  assert rows[1]["x_adamw"] == rows[1]["x_adamw_min"] == rows[1]["x_adamw_max"] == 1.0
   for r in rows:
     assert r["windows"] == 3 and r["ms_per_step"] > 0 and r["state_bytes"] > 0
     assert r["x_adamw_min"] <= r["x_adamw"] <= r["x_adamw_max"]
   assert "x AdamW: median (range) over windows of 4 steps" in out
+  # Fewer steps than one window: a clear error, not an empty median.
+  out = run_process("benchmarks/lm.py", "--interleave", "--steps", "3", "--optimizers", "shampoo")
+  assert out.returncode != 0 and "--interleave needs --steps >= --precondition-every" in out.stderr
 
 
 @pytest.mark.parametrize("script", ["examples/char_lm.py", "examples/nnx_digits.py",
