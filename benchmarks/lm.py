@@ -148,11 +148,8 @@ def interleaved(entries: list[tuple[str, optax.GradientTransformation]], corpus,
   kw = dict(num_layers=args.layers, seq_len=args.seq_len, batch_size=args.batch_size, seed=seed)
   runs = []
   for label, tx in entries:
-    _, state, train_step, init_data = lm_common.setup_lm(tx, corpus, **kw)
-    x0, y0 = next(init_data)
-    t = time.perf_counter()
-    compiled = train_step.trace(state, x0, y0).lower().compile()
-    runs.append(dict(label=label, state=state, step=compiled, compile_s=time.perf_counter() - t,
+    _, state, compiled, compile_s, _ = lm_common.setup_lm(tx, corpus, **kw)
+    runs.append(dict(label=label, state=state, step=compiled, compile_s=compile_s,
                      state_bytes=sum(x.nbytes for x in jax.tree.leaves(state.opt_state)),
                      times=[]))
   data = lm_common.batches(corpus.train, args.batch_size, args.seq_len, seed)

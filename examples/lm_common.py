@@ -137,11 +137,12 @@ class History:
 
 def setup_lm(tx, corpus: Corpus, *, num_layers: int = 4, d_model: int = 128, seq_len: int = 64,
              batch_size: int = 32, seed: int = 0):
-  """CharTransformer, its flax TrainState with optimizer ``tx`` and the jitted train step.
+  """CharTransformer, its flax TrainState with optimizer ``tx`` and the compiled train step.
 
-  Returns ``(model, state, train_step, data)``: ``train_step(state, x, y)`` returns the new
-  state and the loss; ``data`` yields ``(x, y)`` training batches, its first one being the
-  batch the parameters were initialized with.
+  Returns ``(model, state, train_step, compile_seconds, data)``: ``train_step(state, x, y)``
+  returns the new state and the loss; ``compile_seconds`` is its trace + lower + compile time;
+  ``data`` yields ``(x, y)`` training batches, its first one being the batch the parameters
+  were initialized with.
   """
   from flax.training import train_state  # noqa: PLC0415
 
@@ -157,7 +158,10 @@ def setup_lm(tx, corpus: Corpus, *, num_layers: int = 4, d_model: int = 128, seq
         lambda p: cross_entropy(state.apply_fn(p, x), y))(state.params)
     return state.apply_gradients(grads=grads), loss
 
-  return model, state, train_step, batches(corpus.train, batch_size, seq_len, seed)
+  t = time.perf_counter()
+  compiled = train_step.trace(state, x0, x0).lower().compile()
+  compile_seconds = time.perf_counter() - t
+  return model, state, compiled, compile_seconds, batches(corpus.train, batch_size, seq_len, seed)
 
 
 def train_lm(tx, corpus: Corpus, *, name: str, num_layers: int = 4, d_model: int = 128,
@@ -170,10 +174,10 @@ def train_lm(tx, corpus: Corpus, *, name: str, num_layers: int = 4, d_model: int
   many steps: the worst root error, the rejected roots and the worst
   condition estimate over all parameters (``shampoo_optax.diagnostics``).
   """
-  model, state, train_step, data = setup_lm(tx, corpus, num_layers=num_layers, d_model=d_model,
-                                            seq_len=seq_len, batch_size=batch_size, seed=seed)
+  model, state, compiled, compile_seconds, data = setup_lm(
+      tx, corpus, num_layers=num_layers, d_model=d_model, seq_len=seq_len,
+      batch_size=batch_size, seed=seed)
   valid = fixed_batches(corpus.valid, valid_batches, 64, seq_len)
-  x0, _ = next(batches(corpus.train, batch_size, seq_len, seed))
 
   @jax.jit
   def eval_loss(params, x, y):
@@ -181,9 +185,7 @@ def train_lm(tx, corpus: Corpus, *, name: str, num_layers: int = 4, d_model: int
 
   history = History(name, lr=getattr(tx, "learning_rate", None))
   history.state_bytes = sum(x.nbytes for x in jax.tree.leaves(state.opt_state))
-  t = time.perf_counter()
-  compiled = train_step.trace(state, x0, x0).lower().compile()
-  history.compile_seconds = time.perf_counter() - t
+  history.compile_seconds = compile_seconds
   bar = _progress(steps, name) if progress else None
   elapsed = 0.0
   for step in range(1, steps + 1):
