@@ -146,13 +146,14 @@ def interleaved(entries: list[tuple[str, optax.GradientTransformation]], corpus,
     raise SystemExit(f"--interleave needs --steps >= --precondition-every ({window}): the "
                      "ratios are taken over windows of that many steps")
   kw = dict(num_layers=args.layers, seq_len=args.seq_len, batch_size=args.batch_size, seed=seed)
-  runs = []
+  runs, data = [], None
   for label, tx in entries:
-    _, state, compiled, compile_s, _ = lm_common.setup_lm(tx, corpus, **kw)
+    # Every setup draws the same stream (one seed); the first one's serves them all.
+    _, state, compiled, compile_s, stream = lm_common.setup_lm(tx, corpus, **kw)
+    data = data or stream
     runs.append(dict(label=label, state=state, step=compiled, compile_s=compile_s,
                      state_bytes=sum(x.nbytes for x in jax.tree.leaves(state.opt_state)),
                      times=[]))
-  data = lm_common.batches(corpus.train, args.batch_size, args.seq_len, seed)
   for i in range(window + args.steps):
     x, y = next(data)
     for run in runs:
@@ -219,8 +220,8 @@ def main(argv=None):
   seeds = [int(s) for s in args.seeds.split(",")]
   lrs = [float(v) for v in args.lrs.split(",")]
   specs = [peers.parse_spec(spec) for spec in args.optimizers.split(",")]
-  if "adamw" not in [name for name, _, _ in specs] and not args.sweep_only:
-    specs = [("adamw", {}, None), *specs]
+  if "adamw" not in [name for name, _, _ in specs] and (args.interleave or not args.sweep_only):
+    specs = [("adamw", {}, None), *specs]  # the ratios' baseline
   print(f"$ python {' '.join(sys.argv)}")
   print(machine())
   corpus = lm_common.load_corpus(200_000 if args.tiny else 2_000_000)
@@ -229,8 +230,6 @@ def main(argv=None):
                 steps=args.steps, eval_every=args.eval_every, progress=False)
 
   if args.interleave:
-    if "adamw" not in [name for name, _, _ in specs]:
-      specs = [("adamw", {}, None), *specs]
     entries = []
     for name, kwargs, own_lrs in specs:
       config = dict(lr=(own_lrs or lrs)[0], **kwargs)
