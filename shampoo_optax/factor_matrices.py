@@ -247,6 +247,10 @@ def refresh(plan: blocking.Plan, stats: tuple, precond: tuple, errors: tuple,
   """
   if per_device:
     compute = _one_matrix_at_a_time_on_cpu(compute)
+  # Autodiff through an update (meta-learning) treats the refreshed roots and bases as
+  # constants: eigh's derivative is undefined (NaN) at the repeated eigenvalues that padded
+  # and rank-deficient statistics have. The forward computation is unchanged.
+  stats, precond = jax.lax.stop_gradient((stats, precond))
   out: list = [None] * len(plan.groups)
   for bundle in shared_computations(plan.groups):
     refresh_bundle = functools.partial(

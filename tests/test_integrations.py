@@ -127,3 +127,72 @@ def test_nnx_state_is_arrays_only(model_dtype):
   optimizer = nnx.Optimizer(model, make_tx(), wrt=nnx.Param)
   leaves = jax.tree.leaves(nnx.state(optimizer))
   assert leaves and all(isinstance(leaf, jax.Array) for leaf in leaves)
+
+
+# Client patterns beyond a training loop: an ensemble under jax.vmap, and meta-learning
+# (a gradient through the update with respect to a hyperparameter).
+ALIASES = {"shampoo": (shampoo_optax.shampoo, shampoo_optax.STATIC_ARGS),
+           "soap": (shampoo_optax.soap, shampoo_optax.SOAP_STATIC_ARGS)}
+
+
+def _small_problem(rng):
+  params = {"w": jnp.asarray(rng.standard_normal((12, 6)), jnp.float32),
+            "b": jnp.zeros(6, jnp.float32)}
+  grads = [jax.tree.map(lambda p: jnp.asarray(rng.standard_normal(p.shape), p.dtype), params)
+           for _ in range(5)]
+  return params, grads
+
+
+@pytest.mark.parametrize("name", ALIASES)
+def test_vmap_over_an_ensemble_matches_each_member_alone(rng, name):
+  # Default refresh settings (staggered, the backend's root method), small blocks so that
+  # preconditioning starts within the run: each member must evolve as if it ran alone.
+  tx = ALIASES[name][0](1e-2, block_size=8, precondition_every=2, start_preconditioning_step=1)
+  params, grads = _small_problem(rng)
+  scales = jnp.asarray([0.5, 1.0, 3.0])  # members differ, so mixing them would show
+  batched = jax.tree.map(lambda p: p[None] * scales.reshape((3,) + (1,) * p.ndim), params)
+  state = jax.vmap(tx.init)(batched)
+  update = jax.jit(jax.vmap(tx.update))
+  for g in grads:
+    g = jax.tree.map(lambda x: x[None] * scales.reshape((3,) + (1,) * x.ndim) ** 2, g)
+    updates, state = update(g, state, batched)
+    batched = optax.apply_updates(batched, updates)
+  def alone(scale):
+    p = jax.tree.map(lambda x: x * scale, params)
+    state = tx.init(p)
+    for g in grads:
+      updates, state = jax.jit(tx.update)(jax.tree.map(lambda x: x * scale**2, g), state, p)
+      p = optax.apply_updates(p, updates)
+    return p
+
+  for member, scale in enumerate(scales):
+    for b, a in zip(jax.tree.leaves(batched), jax.tree.leaves(alone(scale))):
+      np.testing.assert_allclose(b[member], a, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ALIASES)
+def test_gradient_through_the_update_wrt_learning_rate(rng, name):
+  # Meta-learning through optax.inject_hyperparams: d(loss after 3 steps)/d(learning rate) by
+  # autodiff, against central differences. The roots are refreshed every step.
+  alias, static = ALIASES[name]
+  tx = optax.inject_hyperparams(alias, static_args=static)(
+      learning_rate=1e-2, block_size=8, precondition_every=1, start_preconditioning_step=1)
+  params, grads = _small_problem(rng)
+  target = jnp.asarray(rng.standard_normal(params["w"].shape), jnp.float32)
+
+  def loss_after(lr):
+    state = tx.init(params)
+    state.hyperparams["learning_rate"] = lr
+    p = params
+    for g in grads[:3]:
+      # The gradient depends on the parameters, so the learning rate reaches the statistics.
+      g = {"w": g["w"] + p["w"] - target, "b": g["b"]}
+      updates, state = tx.update(g, state, p)
+      p = optax.apply_updates(p, updates)
+    return jnp.sum(jnp.square(p["w"] - target))
+
+  lr, h = 1e-2, 1e-3
+  autodiff = float(jax.jit(jax.grad(loss_after))(jnp.float32(lr)))
+  finite = float((loss_after(jnp.float32(lr + h)) - loss_after(jnp.float32(lr - h))) / (2 * h))
+  assert np.isfinite(autodiff) and abs(finite) > 1.0
+  np.testing.assert_allclose(autodiff, finite, rtol=2e-2)
