@@ -22,6 +22,7 @@ check: the optimizer at AdamW's best learning rate.
 
     python benchmarks/zoo.py             # the recorded figures (~20 min on one core)
     python benchmarks/zoo.py --problems lstsq   # one of them
+    python benchmarks/zoo.py --schedule cosine  # every learning rate decayed to 0
     python benchmarks/zoo.py --tiny      # a smoke run (CI)
 """
 
@@ -166,6 +167,10 @@ def train(problem, tx, seed, steps=None):
   return value if np.isfinite(value) else float("inf")
 
 
+def _rate(lr, schedule, steps):
+  return lr if schedule == "constant" else optax.cosine_decay_schedule(lr, steps)
+
+
 def _cell(value, spec):
   return "-".rjust(int(spec.split(".")[0])) if value is None else format(value, spec)
 
@@ -178,6 +183,8 @@ def main(argv=None):
   p.add_argument("--seeds", default="0,1,2")
   p.add_argument("--weight-decay", type=float, default=1e-4)
   p.add_argument("--steps", type=int, help="override every problem's step count")
+  p.add_argument("--schedule", choices=("constant", "cosine"), default="constant",
+                 help="cosine: optax.cosine_decay_schedule(lr, steps), to 0 at the last step")
   p.add_argument("--tiny", action="store_true")
   p.add_argument("--json", type=pathlib.Path)
   args = p.parse_args(argv)
@@ -193,16 +200,18 @@ def main(argv=None):
   rows, notes = [], []
   for problem in args.problems.split(","):
     lrs = [float(v) for v in args.lrs.split(",")] if args.lrs else PROBLEMS[problem][1]
-    print(f"\n{problem}: {len(seeds)} seeds per learning rate; loss mean ± sd at the best "
-          f"lr; the last column at AdamW's best lr")
+    steps = args.steps or PROBLEMS[problem][0](0)[4]
+    print(f"\n{problem}: {len(seeds)} seeds per learning rate ({args.schedule}, {steps} "
+          f"steps); loss mean ± sd at the best lr; the last column at AdamW's best lr")
     print(f"{'optimizer':>15s} {'lr':>7s} {'loss':>21s} {'x AdamW':>8s} {'x Muon':>7s} "
           f"{'at AdamW lr':>12s}   grid (lr: mean loss)")
     sweeps = {}
     for name, kwargs, own_lrs in specs:
       label = peers.spec_label(name, kwargs)
       try:
-        sweeps[label] = {lr: [train(problem, make[name](lr, **kwargs), s, args.steps)
-                              for s in seeds] for lr in own_lrs or lrs}
+        sweeps[label] = {
+            lr: [train(problem, make[name](_rate(lr, args.schedule, steps), **kwargs), s, steps)
+                 for s in seeds] for lr in own_lrs or lrs}
       except Exception as e:  # noqa: BLE001  (a peer that cannot run here is a result)
         print(f"{label:>15s} fails: {type(e).__name__}: {str(e).splitlines()[0][:100]}")
     means = {label: {lr: float(np.mean(v)) for lr, v in sweep.items()}
