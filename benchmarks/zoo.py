@@ -191,6 +191,12 @@ def main(argv=None):
   if args.tiny:
     args.lrs, args.seeds, args.steps = "3e-3", "0", 3
     args.optimizers = "adamw,shampoo,soap"  # the peers' code runs at --tiny in cnn.py
+    # Trained: the quadratic and the scan (each jit compiles the whole update). The two
+    # MLPs are only built and evaluated once, so that CI still runs their code.
+    for problem in ("autoencoder", "deep_mlp"):
+      params, _, _, _, _, evaluate = PROBLEMS[problem][0](0)
+      print(f"{problem}: loss at initialization {float(evaluate(params)):.4g}")
+    args.problems = "lstsq,lstm"
   run = hostinfo.start()
   seeds = [int(s) for s in args.seeds.split(",")]
   make = makers(args.weight_decay)
