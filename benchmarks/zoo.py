@@ -68,7 +68,7 @@ def _digits():
 
 
 def lstsq(seed):
-  """(params, minibatch loss, train size, batch, steps, evaluation)."""
+  """(params, minibatch loss, train size, batch, evaluation)."""
   rng = np.random.default_rng(123)  # one problem; the seed sets the start and the batches
   u, _ = np.linalg.qr(rng.normal(size=(512, 64)))
   v, _ = np.linalg.qr(rng.normal(size=(64, 64)))
@@ -76,7 +76,7 @@ def lstsq(seed):
   b = a @ jnp.asarray(rng.normal(size=(64, 32)), jnp.float32)
   objective = lambda p, rows: jnp.mean((a[rows] @ p["w"] - b[rows]) ** 2) / 1e3  # noqa: E731
   params = {"w": 0.01 * jax.random.normal(jax.random.PRNGKey(seed), (64, 32))}
-  return params, objective, 512, 128, 300, lambda p: objective(p, jnp.arange(512))
+  return params, objective, 512, 128, lambda p: objective(p, jnp.arange(512))
 
 
 def autoencoder(seed):
@@ -84,7 +84,7 @@ def autoencoder(seed):
   loss = lambda p, rows: jnp.mean((_mlp(p, x[rows], jnp.tanh) - x[rows]) ** 2)  # noqa: E731
   test = jnp.arange(len(x) - TEST, len(x))
   return (_dense(jax.random.PRNGKey(seed), [64, 128, 16, 128, 64]), loss, len(x) - TEST, 64,
-          600, lambda p: loss(p, test))
+          lambda p: loss(p, test))
 
 
 def deep_mlp(seed):
@@ -96,7 +96,7 @@ def deep_mlp(seed):
 
   train = jnp.arange(len(x) - TEST)  # with so few examples the test loss measures overfitting
   return (_dense(jax.random.PRNGKey(seed), [64] + [128] * 8 + [10]), loss, len(x) - TEST, 64,
-          400, lambda p: loss(p, train))
+          lambda p: loss(p, train))
 
 
 def lstm(seed, length=20, units=64, n=4096):
@@ -123,15 +123,16 @@ def lstm(seed, length=20, units=64, n=4096):
     (h, _), _ = jax.lax.scan(cell, (zeros, zeros), xs[:, rows])
     return jnp.mean(((h @ p["out"])[:, 0] - ys[rows]) ** 2)
 
-  return params, loss, n - TEST, 64, 500, lambda p: loss(p, jnp.arange(n - TEST, n))
+  return params, loss, n - TEST, 64, lambda p: loss(p, jnp.arange(n - TEST, n))
 
 
-# Each problem's learning-rate grid, wide enough that every optimizer's best is inside it.
+# Each problem: (builder, steps, learning-rate grid wide enough that every optimizer's best
+# is inside it with a constant rate).
 PROBLEMS = {
-    "lstsq": (lstsq, (1e-2, 3e-2, 1e-1, 3e-1, 1.0)),
-    "autoencoder": (autoencoder, (1e-3, 3e-3, 1e-2, 3e-2)),
-    "deep_mlp": (deep_mlp, (3e-4, 1e-3, 3e-3, 1e-2)),
-    "lstm": (lstm, (1e-3, 3e-3, 1e-2, 3e-2)),
+    "lstsq": (lstsq, 300, (1e-2, 3e-2, 1e-1, 3e-1, 1.0)),
+    "autoencoder": (autoencoder, 600, (1e-3, 3e-3, 1e-2, 3e-2)),
+    "deep_mlp": (deep_mlp, 400, (3e-4, 1e-3, 3e-3, 1e-2)),
+    "lstm": (lstm, 500, (1e-3, 3e-3, 1e-2, 3e-2)),
 }
 
 
@@ -139,19 +140,19 @@ def makers(weight_decay):
   wd = weight_decay
   return {
       "adamw": lambda lr, **kw: peers.adamw(lr, weight_decay=wd, **kw),
-      # optax's default split (Muon on 2-D weights, its AdamW on the rest), with
-      # consistent_rms so that it shares AdamW's grid, as in benchmarks/cnn.py.
-      "muon": lambda lr, **kw: optax.contrib.muon(lr, **{
-          "weight_decay": wd, "adam_weight_decay": wd, "consistent_rms": 0.2, **kw}),
+      # peers.muon (consistent_rms, so that it shares AdamW's grid) with optax's default
+      # split: Muon on every 2-D weight, its AdamW on the rest.
+      "muon": lambda lr, **kw: peers.muon(lr, weight_decay=wd, **{
+          "muon_weight_dimension_numbers": None, **kw}),
       "google_shampoo": lambda lr, **kw: peers.google_shampoo(lr, weight_decay=wd, **kw),
       "shampoo": lambda lr, **kw: shampoo_optax.shampoo(lr, **{"weight_decay": wd, **kw}),
       "soap": lambda lr, **kw: shampoo_optax.soap(lr, **{"weight_decay": wd, **kw}),
   }
 
 
-def train(problem, tx, seed, steps=None):
+def train(problem, tx, seed, steps):
   """The evaluation loss after training (inf if it is not finite)."""
-  params, loss, n_train, batch, default_steps, evaluate = PROBLEMS[problem][0](seed)
+  params, loss, n_train, batch, evaluate = PROBLEMS[problem][0](seed)
   state = tx.init(params)
 
   @jax.jit
@@ -161,7 +162,7 @@ def train(problem, tx, seed, steps=None):
     return optax.apply_updates(params, updates), state
 
   rng = np.random.default_rng(seed)
-  for _ in range(steps or default_steps):
+  for _ in range(steps):
     params, state = step(params, state, jnp.asarray(rng.integers(0, n_train, batch)))
   value = float(evaluate(params))
   return value if np.isfinite(value) else float("inf")
@@ -191,13 +192,14 @@ def main(argv=None):
   if args.tiny:
     args.lrs, args.seeds, args.steps = "3e-3", "0", 3
     args.optimizers = "adamw,shampoo,soap"  # the peers' code runs at --tiny in cnn.py
+    args.problems = "lstsq,lstm"
+  run = hostinfo.start()
+  if args.tiny:
     # Trained: the quadratic and the scan (each jit compiles the whole update). The two
     # MLPs are only built and evaluated once, so that CI still runs their code.
     for problem in ("autoencoder", "deep_mlp"):
-      params, _, _, _, _, evaluate = PROBLEMS[problem][0](0)
+      params, *_, evaluate = PROBLEMS[problem][0](0)
       print(f"{problem}: loss at initialization {float(evaluate(params)):.4g}")
-    args.problems = "lstsq,lstm"
-  run = hostinfo.start()
   seeds = [int(s) for s in args.seeds.split(",")]
   make = makers(args.weight_decay)
   specs = [peers.parse_spec(s) for s in args.optimizers.split(",")]
@@ -205,8 +207,8 @@ def main(argv=None):
     specs = [("adamw", {}, None), *specs]
   rows, notes = [], []
   for problem in args.problems.split(","):
-    lrs = [float(v) for v in args.lrs.split(",")] if args.lrs else PROBLEMS[problem][1]
-    steps = args.steps or PROBLEMS[problem][0](0)[4]
+    lrs = [float(v) for v in args.lrs.split(",")] if args.lrs else PROBLEMS[problem][2]
+    steps = args.steps or PROBLEMS[problem][1]
     print(f"\n{problem}: {len(seeds)} seeds per learning rate ({args.schedule}, {steps} "
           f"steps); loss mean ± sd at the best lr; the last column at AdamW's best lr")
     print(f"{'optimizer':>15s} {'lr':>7s} {'loss':>21s} {'x AdamW':>8s} {'x Muon':>7s} "

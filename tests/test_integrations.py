@@ -157,6 +157,7 @@ def test_vmap_over_an_ensemble_matches_each_member_alone(rng, name):
     g = jax.tree.map(lambda x: x[None] * scales.reshape((3,) + (1,) * x.ndim) ** 2, g)
     updates, state = update(g, state, batched)
     batched = optax.apply_updates(batched, updates)
+
   def alone(scale):
     p = jax.tree.map(lambda x: x * scale, params)
     state = tx.init(p)
