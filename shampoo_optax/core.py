@@ -61,6 +61,9 @@ class Variant:
   # what is done with it after the refresh.
   change: factor_matrices.Change | None = None
   after_refresh: AfterRefresh | None = None
+  # State kept in block layout (moments): stacks apply reads from ``blocks``
+  # under these names and returns, updated, under the same names.
+  carried: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,7 +75,7 @@ class Core:
   precond_codec: quantization.Codec  # how preconditioners are stored
   block_sharding: sharding_lib.BlockSharding
   schedule: factor_matrices.Schedule
-  moments: moments.MomentDtypes
+  moments: moments.MomentDtypes | moments.BlockedMoments
   # FSDP: blocks cut from each device's own shards (see sharding.LocalBlocks).
   local: sharding_lib.LocalBlocks | None = None
 
@@ -90,8 +93,9 @@ class Core:
 
     def init_fn(params):
       validation.check_float_leaves(params, "params")
-      mu, nu = self.moments.init(params)
-      groups = factor_matrices.init(self.plan(params), self.codec, self.precond_codec,
+      plan = self.plan(params)
+      mu, nu = self.moments.init(params, plan, self.moment_rows(plan), self.block_sharding.place)
+      groups = factor_matrices.init(plan, self.codec, self.precond_codec,
                                     self.block_sharding, params,
                                     replicas=1 if self.local is None else self.local.replicas)
       return state_cls(jnp.zeros([], jnp.int32), mu, nu, *groups)
@@ -113,6 +117,15 @@ class Core:
       return updates, state_cls(count, mu, nu, *groups)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+  def moment_rows(self, plan: blocking.Plan) -> list[int]:
+    """Rows of each stack of moments kept in block layout: its blocks, rounded
+    up to a multiple of the block axis' devices, or, with local blocks, every
+    device's blocks one after the other."""
+    if self.local is not None:
+      return [self.local.replicas * st.size for st in plan.stacks]
+    n = self.block_sharding.size
+    return [-(-st.size // n) * n for st in plan.stacks]
 
   def _check_groups(self, grads, state) -> None:
     """Raises an error when the state's per-group fields (statistics,
@@ -156,23 +169,31 @@ class Core:
           "'Changed in 0.3.0'")
 
   def block_step(self, plan: blocking.Plan, inputs: dict[str, list], groups: tuple,
-                 count: jax.Array, scalars: dict[str, Any], variant: Variant, *, like: Any):
+                 count: jax.Array, scalars: dict[str, Any], variant: Variant, *, like: Any,
+                 carried: dict[str, tuple] | None = None):
     """The variant's outputs for each preconditioned leaf, and the new groups.
 
     ``inputs`` are leaf lists in tree order (``'grads'`` among them) of trees
     shaped like ``like`` (the gradients); the outputs come back as leaf lists
     of the preconditioned leaves only, with the gradients' shardings.
     ``scalars``: numbers and scalar arrays, or leaf lists that are not cut
-    into blocks.
+    into blocks. ``carried``: the variant's state in block layout, per name of
+    ``variant.carried`` one array per stack (``moment_rows`` rows); it comes
+    back updated among the outputs, split over the block axis as the groups.
     """
+    carried = {name: tuple(carried[name]) for name in variant.carried}
     if self.local is not None:
-      return self._local_block_step(plan, inputs, groups, count, scalars, variant, like)
+      out, (groups, carried) = self._local_block_step(plan, inputs, (groups, carried), count,
+                                                      scalars, variant, like)
+      return {**out, **carried}, groups
     step = functools.partial(self._step_in_block_layout, plan, variant=variant,
                              block_sharding=self.block_sharding)
     grads = preconditioned_only(plan, inputs["grads"])
     out_like = {name: grads for name in variant.outputs}
-    return sharding_lib.call_in_block_layout(
-        step, (inputs, groups, count, scalars), out_like, groups, self.block_sharding)
+    out, (groups, carried) = sharding_lib.call_in_block_layout(
+        step, (inputs, (groups, carried), count, scalars), out_like, (groups, carried),
+        self.block_sharding)
+    return {**out, **carried}, groups
 
   def _local_block_step(self, plan, inputs, groups, count, scalars, variant, like):
     """block_step under FSDP: every device on its own shards, in one shard_map."""
@@ -203,7 +224,13 @@ class Core:
 
   def _step_in_block_layout(self, plan, inputs, groups, count, scalars, *, variant,
                             block_sharding):
+    groups, carried = groups
     blocks = cut_into_blocks(plan, inputs)
+    # Stored stacks may have padding rows for the block axis: apply sees the
+    # stacks' own blocks, and the padding is put back after it.
+    rows = {name: [x.shape[0] for x in stacks] for name, stacks in carried.items()}
+    for name, stacks in carried.items():
+      blocks[name] = [x[:st.size] for x, st in zip(stacks, plan.stacks)]
     stats, precond, errors, failures = groups
     place = lambda tree: tuple(jax.tree.map(block_sharding.place, g) for g in tree)  # noqa: E731
     stats = place(factor_matrices.accumulate(
@@ -228,7 +255,17 @@ class Core:
                                  count=count if block_sharding.size == 1 else None)
     leaves = {name: preconditioned_only(plan, put_back(outputs[name]))
               for name in variant.outputs}
-    return leaves, (stats, precond, errors, failures)
+    carried = {name: tuple(block_sharding.place(_pad_rows(x, n))
+                           for x, n in zip(outputs[name], rows[name]))
+               for name in variant.carried}
+    return leaves, ((stats, precond, errors, failures), carried)
+
+
+def _pad_rows(x: jax.Array, rows: int) -> jax.Array:
+  """``x`` with zero rows appended up to ``rows``."""
+  if x.shape[0] == rows:
+    return x
+  return jnp.pad(x, [(0, rows - x.shape[0])] + [(0, 0)] * (x.ndim - 1))
 
 
 def _shapes(groups: list[list]) -> list:

@@ -9,7 +9,7 @@ and SOAP (Adam's moments in the eigenbasis).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -87,7 +87,10 @@ class MomentDtypes:
   def quantized_mu(self) -> bool:
     return self.mu is not None and self.mu == jnp.int8
 
-  def init(self, params):
+  def init(self, params, plan=None, rows=None, place=None):
+    """Zero moments in the parameters' layout (``plan``, ``rows``, ``place``
+    are for :class:`BlockedMoments`' signature)."""
+    del plan, rows, place
     if self.quantized_mu:
       mu = jax.tree.map(
           lambda p: self._encode(jnp.zeros_like(p, jnp.float32), p, None), params)
@@ -131,3 +134,156 @@ def _decode(m, dtype):
   if isinstance(m, quantization.QuantizedArray):
     return quantization.dequantize_rows(m, dtype)
   return m.astype(dtype)
+
+
+class LeafShape(NamedTuple):
+  """Stands, in a moment's tree, for a leaf whose moment is kept in block stacks.
+
+  The leaf's shape, as the lengths of 1-D int8 arrays of zeros (a few bytes
+  per dimension): the state still records the shape every leaf was
+  initialized for, so that a gradient of another shape is refused by name even
+  where it would fit the same stacks. (Zero-size arrays would do the same
+  with no bytes, but orbax does not save them.)
+  """
+
+  dims: tuple[jax.Array, ...]
+
+  @property
+  def shape(self) -> tuple[int, ...]:
+    return tuple(int(d.shape[0]) for d in self.dims)
+
+
+class BlockedMoment(NamedTuple):
+  """A moment kept in block layout for the leaves that are preconditioned.
+
+  Attributes:
+    tree: the parameters' tree: the moment of each leaf that is not
+      preconditioned, in its shape, and a :class:`LeafShape` for each that is.
+    stacks: per stack of the block plan, the moment of its blocks,
+      ``[rows, *block_shape]`` (padded blocks hold zeros), float or, for an
+      int8 first moment, ``quantization.QuantizedArray`` with a scale per row of
+      each block's last axis. ``rows`` is the number of blocks, rounded up to
+      a multiple of the devices the block axis is split over (with local
+      blocks: the blocks of every device, one after the other).
+  """
+
+  tree: Any
+  stacks: Any
+
+
+# What init puts in a moment's stacks when it is handed optax.tree.map_params'
+# stand-in for the parameters (see factor_matrices.STAND_IN_GROUPS).
+STAND_IN_STACKS = "moment stacks"
+
+
+def _is_node(x) -> bool:
+  return isinstance(x, (LeafShape, quantization.QuantizedArray))
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockedMoments:
+  """Storage of moments in block layout (:class:`BlockedMoment`).
+
+  The update reads and writes the moments of preconditioned leaves as stacks
+  of blocks, where they are computed, instead of cutting them from the
+  parameters' layout and putting them back on every step. ``dtypes`` are as
+  for :class:`MomentDtypes`: a stack without ``mu_dtype`` takes the widest
+  dtype of its parameters; an int8 first moment takes a scale per row of each
+  block's last axis.
+  """
+
+  dtypes: MomentDtypes
+
+  @property
+  def keeps_nu(self) -> bool:
+    return self.dtypes.keeps_nu
+
+  def init(self, params, plan, rows: list[int], place):
+    """Zero moments for ``params``: tree layout for the leaves ``plan`` does not
+    precondition, stacks of ``rows[s]`` blocks (placed with ``place``) for the others."""
+    leaves, treedef = jax.tree.flatten(params)
+    if not leaves and type(params).__name__ == "_ParamsPlaceholder":
+      # optax.tree.map_params' stand-in: the tree is the parameters' part.
+      tree_mu, tree_nu = self.dtypes.init(params)
+      return (BlockedMoment(tree_mu, STAND_IN_STACKS),
+              BlockedMoment(tree_nu, STAND_IN_STACKS) if self.keeps_nu else ())
+    dtypes = stack_dtypes(plan, [x.dtype for x in leaves])
+
+    def moment(dtype, encode):
+      tree = jax.tree.unflatten(treedef, [
+          LeafShape(tuple(jnp.zeros((d,), jnp.int8) for d in x.shape))
+          if lp.is_preconditioned else encode(jnp.zeros_like(x, dtype or x.dtype), x)
+          for x, lp in zip(leaves, plan.leaves)])
+      stacks = tuple(
+          jax.tree.map(place, encode(jnp.zeros((n, *st.block_shape), dtype or d), None))
+          for n, st, d in zip(rows, plan.stacks, dtypes))
+      return BlockedMoment(tree, stacks)
+
+    mu_dtype = None if self.dtypes.quantized_mu else self.dtypes.mu
+    mu = moment(mu_dtype, self._encode_mu)
+    nu = moment(self.dtypes.nu, lambda x, _: x) if self.keeps_nu else ()
+    return mu, nu
+
+  def _encode_mu(self, x, like):
+    """``x`` in the first moment's stored form (``like``: its leaf; None: a stack)."""
+    if not self.dtypes.quantized_mu:
+      return x
+    if like is None or jnp.ndim(like) >= 2:
+      return quantization.quantize_rows(x)
+    return x.astype(jnp.bfloat16)
+
+  def load(self, mu, nu, grads):
+    """The moments for computing: tree leaves in the gradients' dtypes,
+    stacks in float32."""
+    def load_one(moment):
+      tree = jax.tree.map(
+          lambda g, m: m if isinstance(m, LeafShape) else _decode(m, g.dtype),
+          grads, moment.tree, is_leaf=_is_node)
+      stacks = tuple(_decode(s, jnp.float32) for s in moment.stacks)
+      return BlockedMoment(tree, stacks)
+    return load_one(mu), load_one(nu) if self.keeps_nu else ()
+
+  def store(self, mu, nu, old_mu, old_nu, count: jax.Array):
+    """The moments in their stored form; ``count`` seeds stochastic rounding."""
+    key = jax.random.fold_in(jax.random.key(1), count)
+    tree_leaves = jax.tree.leaves(mu.tree, is_leaf=_is_node)
+    old_leaves = jax.tree.leaves(old_mu.tree, is_leaf=_is_node)
+
+    def store_mu(x, old, i):
+      if isinstance(x, LeafShape):
+        return old
+      if isinstance(old, quantization.QuantizedArray):
+        return quantization.quantize_rows(x, jax.random.fold_in(key, i))
+      return x.astype(old.dtype)
+
+    n = len(tree_leaves)
+    mu = BlockedMoment(
+        jax.tree.unflatten(jax.tree.structure(old_mu.tree, is_leaf=_is_node), [
+            store_mu(x, old, i) for i, (x, old) in enumerate(zip(tree_leaves, old_leaves))]),
+        tuple(store_mu(x, old, n + s)
+              for s, (x, old) in enumerate(zip(mu.stacks, old_mu.stacks))))
+    if not self.keeps_nu:
+      return mu, ()
+    nu = BlockedMoment(
+        jax.tree.map(lambda x, old: old if isinstance(x, LeafShape) else x.astype(old.dtype),
+                     nu.tree, old_nu.tree, is_leaf=_is_node),
+        tuple(x.astype(old.dtype) for x, old in zip(nu.stacks, old_nu.stacks)))
+    return mu, nu
+
+  def shapes(self, mu):
+    """``mu.tree`` with each leaf as the shape the state was initialized for."""
+    def shape(m):
+      if isinstance(m, LeafShape):
+        return jax.ShapeDtypeStruct(m.shape, jnp.float32)
+      if isinstance(m, quantization.QuantizedArray):
+        return jax.ShapeDtypeStruct(m.values.shape, jnp.float32)
+      return jax.ShapeDtypeStruct(jnp.shape(m), jnp.float32)
+    return jax.tree.map(shape, mu.tree, is_leaf=_is_node)
+
+
+def stack_dtypes(plan, dtypes: list) -> list:
+  """Per stack of ``plan``: the widest of its leaves' ``dtypes``."""
+  members: dict[int, list] = {}
+  for s, _, leaf, _ in plan.block_slices():
+    members.setdefault(s, []).append(dtypes[leaf])
+  return [jnp.result_type(*members[s]) for s in range(len(plan.stacks))]

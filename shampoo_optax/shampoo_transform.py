@@ -294,6 +294,11 @@ def scale_by_shampoo(
   if pseudo_inverse_rtol is not None:
     validation.validate_number("pseudo_inverse_rtol", pseudo_inverse_rtol, 0.0, 1.0,
                                lower_open=True, upper_open=True)
+  if graft == "rmsprop_normalized" and param_specs is not None:
+    raise ValueError(
+        "graft='rmsprop_normalized' normalizes each parameter's gradient and first moment by "
+        "its norm over the whole parameter, which each device's local blocks (param_specs) do "
+        "not see: use another graft, or mesh and block_axis without param_specs")
   codec, root_codec = quantization.codecs(statistics_dtype)
   block_sharding = sharding_lib.BlockSharding.create(mesh, block_axis)
   local = sharding_lib.LocalBlocks.create(block_sharding, param_specs)
@@ -304,71 +309,173 @@ def scale_by_shampoo(
       codec=codec, precond_codec=root_codec, block_sharding=block_sharding, local=local,
       schedule=factor_matrices.Schedule(precondition_every, start_preconditioning_step,
                                         stagger_root_refresh),
-      moments=moments.MomentDtypes.create(
+      moments=moments.BlockedMoments(moments.MomentDtypes.create(
           mu_dtype, quantization.canonical_dtype(statistics_dtype),
-          grafting.keeps_second_moment(graft)),
+          grafting.keeps_second_moment(graft))),
   )
+  keeps_nu = grafting.keeps_second_moment(graft)
   variant = core.Variant(
       compute=functools.partial(
           _inverse_roots, method=root_method, matrix_eps=matrix_eps,
           max_root_error=max_root_error, pseudo_inverse_rtol=pseudo_inverse_rtol),
       apply=functools.partial(_precondition_and_graft, graft=graft, orthogonalize=orthogonalize),
-      outputs=("step",), refresh_first=True)
+      outputs=("step", "diagonal"), refresh_first=True,
+      carried=("mu", "nu") if keeps_nu else ("mu",))
 
   def step_fn(grads, mu, nu, groups, count):
-    mu = optax.tree.update_moment(grads, mu, b1, 1)
-    nu = grafting.update_second_moment(graft, grads, nu, b2)
-    mu_hat = moments.debiased_first_moment(mu, grads, b1, count, nesterov)
-    diagonal_step = grafting.direction(graft, mu_hat, nu, count, b2, eps)
     plan = shampoo_core.plan(grads)
-    if not plan.stacks:
-      return diagonal_step, mu, nu, groups
-    leaves, treedef = jax.tree.flatten(diagonal_step)
-    # mu, not mu_hat, is cut into blocks: mu_hat = a mu + b g is formed there
-    # (b = 0 without Nesterov), so no tree-layout mu_hat is written to be cut.
-    inputs = {"grads": jax.tree.leaves(grads), "mu": jax.tree.leaves(mu)}
-    # The diagonal step is not cut into blocks: only its block norms are used.
-    a, b = moments.first_moment_coefficients(b1, count, nesterov)
-    scalars = {"b2": b2, "diagonal_step": leaves, "mu_hat_a": a}
-    if b is not None:
-      scalars["mu_hat_b"] = b
-    out, groups = shampoo_core.block_step(plan, inputs, groups, count, scalars, variant,
-                                             like=grads)
-    # Until start_preconditioning_step the output is the diagonal step. The
-    # switch is an arithmetic blend, not jnp.where: the same values (exact for
-    # finite ones; a non-finite gradient gives a non-finite step either way),
-    # but XLA:CPU's LLVM unswitches every output loop on a scalar where and
-    # compiles each body twice (benchmarks/README.md, "the per-leaf switch").
-    on = (count > start_preconditioning_step).astype(jnp.float32)
-    preconditioned = [p.astype(s.dtype) * on.astype(s.dtype) + s * (1 - on).astype(s.dtype)
-                      for p, s in zip(out["step"], core.preconditioned_only(plan, leaves))]
-    step = jax.tree.unflatten(treedef, core.merge_preconditioned(plan, leaves, preconditioned))
-    return step, mu, nu, groups
+    leaves, treedef = jax.tree.flatten(grads)
+    # The leaves that are not preconditioned: the grafting method alone, in
+    # the parameters' layout.
+    diagonal = [i for i, lp in enumerate(plan.leaves) if not lp.is_preconditioned]
+    take = lambda xs: [xs[i] for i in diagonal]  # noqa: E731
+    is_node = lambda x: isinstance(x, moments.LeafShape)  # noqa: E731
+    mu_leaves = jax.tree.leaves(mu.tree, is_leaf=is_node)
+    nu_leaves = jax.tree.leaves(nu.tree, is_leaf=is_node) if keeps_nu else None
+    g = take(leaves)
+    m = optax.tree.update_moment(g, take(mu_leaves), b1, 1)
+    n = grafting.update_second_moment(graft, g, take(nu_leaves), b2) if keeps_nu else ()
+    step = grafting.direction(
+        graft, moments.debiased_first_moment(m, g, b1, count, nesterov), n, count, b2, eps)
+    for i, mi in zip(diagonal, m):
+      mu_leaves[i] = mi
+    if keeps_nu:
+      for i, ni in zip(diagonal, n):
+        nu_leaves[i] = ni
+    out = {}
+    if plan.stacks:
+      # The others in block layout, where their moments are kept: one pass.
+      a, b = moments.first_moment_coefficients(b1, count, nesterov)
+      scalars = {"b1": b1, "b2": b2, "eps": eps, "mu_hat_a": a,
+                 "nu_hat": _second_moment_correction(b2, count),
+                 # Until start_preconditioning_step the step is the grafting
+                 # method's. The switch is arithmetic, not jnp.where: exact for
+                 # finite values, and XLA:CPU unswitches every loop on a
+                 # scalar where (benchmarks/README.md, "the per-leaf switch").
+                 "on": (count > start_preconditioning_step).astype(jnp.float32)}
+      if b is not None:
+        scalars["mu_hat_b"] = b
+      carried = {"mu": mu.stacks, "nu": nu.stacks} if keeps_nu else {"mu": mu.stacks}
+      out, groups = shampoo_core.block_step(plan, {"grads": leaves}, groups, count, scalars,
+                                            variant, like=grads, carried=carried)
+    preconditioned = [p + d for p, d in zip(out.get("step", ()), out.get("diagonal", ()))]
+    step_leaves = core.merge_preconditioned(
+        plan, [None] * len(leaves), preconditioned)
+    for i, si in zip(diagonal, step):
+      step_leaves[i] = si
+    mu = moments.BlockedMoment(jax.tree.unflatten(jax.tree.structure(mu.tree, is_leaf=is_node),
+                                                  mu_leaves), out.get("mu", mu.stacks))
+    if keeps_nu:
+      nu = moments.BlockedMoment(
+          jax.tree.unflatten(jax.tree.structure(nu.tree, is_leaf=is_node), nu_leaves),
+          out.get("nu", nu.stacks))
+    return jax.tree.unflatten(treedef, step_leaves), mu, nu, groups
 
   return shampoo_core.transformation(ShampooState, step_fn)
 
 
-def _precondition_and_graft(plan, blocks, roots, scalars, *, graft, orthogonalize=False):
-  """L^(-1/p) mu_hat R^(-1/p) per block, grafted to the diagonal step's norm.
+def _second_moment_correction(b2, count: jax.Array) -> jax.Array:
+  """``1 / (1 - b2^t)``, Adam's bias correction of the second moment (1 for
+  plain sums, ``b2 = 1``)."""
+  b2 = jnp.asarray(b2, jnp.float32)
+  return 1 / (1 - jnp.power(jnp.where(b2 == 1, 0.0, b2), count.astype(jnp.float32)))
 
-  The graft's per-block scale is returned beside the stacks and applied to
-  each parameter's slice of them as it is put back (``blocking.from_stacks``).
+
+def _precondition_and_graft(plan, blocks, roots, scalars, *, graft, orthogonalize=False):
+  """Per stack: the moments, the grafting method's step, and
+  ``L^(-1/p) mu_hat R^(-1/p)`` rescaled per block to that step's norm.
+
+  The two steps (``"step"`` from ``start_preconditioning_step`` on, the
+  grafting method's ``"diagonal"`` before it) come back with a factor per
+  block, 1 or 0, applied as each parameter's slice is put back
+  (``blocking.from_stacks``), and are added there. The formulas are
+  ``grafting.py``'s, on blocks: zero padding stays zero, and a coordinate
+  whose gradients were all zero has a zero step for any ``eps``.
   """
+  b1, b2, eps, on = (scalars[k] for k in ("b1", "b2", "eps", "on"))
   a, b = scalars["mu_hat_a"], scalars.get("mu_hat_b")
-  directions = []
-  for s, (m, g) in enumerate(zip(blocks["mu"], blocks["grads"])):
+  grads = blocks["grads"]
+  norms = (_leaf_norms_per_block(plan, grads) if graft == "rmsprop_normalized"
+           else [None] * len(grads))
+  out = {"step": ([], []), "diagonal": ([], []), "mu": [], "nu": []}
+  mus = []
+  for s, g in enumerate(grads):
+    m = (1 - b1) * g + b1 * blocks["mu"][s]
+    mus.append(m)
+    out["mu"].append(m)
+    if "nu" in blocks:
+      n = blocks["nu"][s]
+      if graft == "adagrad":
+        n = n + jnp.square(g)
+      else:
+        gn = g if norms[s] is None else g / _per_block(norms[s], g)
+        n = moments.moment_weight(b2) * jnp.square(gn) + b2 * n
+      out["nu"].append(n)
+  mu_hat = [a * m if b is None else a * m + b * g for m, g in zip(mus, grads)]
+  hat_norms = (_leaf_norms_per_block(plan, mu_hat) if graft == "rmsprop_normalized"
+               else [None] * len(grads))
+  for s, (m, g) in enumerate(zip(mus, grads)):
+    n = out["nu"][s] if out["nu"] else None
+    d = _diagonal_direction(graft, mu_hat[s], n, scalars["nu_hat"], eps, hat_norms[s])
     # mu_hat = a mu (+ b g with Nesterov). Grafting rescales each block, so
     # without Nesterov the common factor a is applied only without a graft.
-    if b is None:
-      x = m if graft != "none" else a * m
-    else:
-      x = a * m + b * g
+    x = mu_hat[s] if b is not None or graft == "none" else m
     x = core.along_axes(x, roots[s], transpose=True)
-    directions.append(core.orthogonalize_blocks(x) if orthogonalize else x)
-  if graft == "none":
-    return {"step": directions}
-  targets = blocking.block_norms(plan, scalars["diagonal_step"])
-  return {"step": (directions, [_graft_scale(x, t) for x, t in zip(directions, targets)])}
+    if orthogonalize:
+      x = core.orthogonalize_blocks(x)
+    ones = jnp.ones(g.shape[:1], jnp.float32)
+    scale = ones if graft == "none" else _graft_scale(x, _norms(d))
+    out["step"][0].append(x)
+    out["step"][1].append(scale * on)
+    out["diagonal"][0].append(d)
+    out["diagonal"][1].append(ones * (1 - on))
+  if not out["nu"]:
+    del out["nu"]
+  return out
+
+
+def _diagonal_direction(graft, mu_hat, nu, nu_hat, eps, mu_hat_norm):
+  """``grafting.direction`` on blocks (``nu_hat``: Adam's bias correction)."""
+  def over(x, den):  # x / den, 0 where den is 0 (then x is 0 too: no gradient yet)
+    return x / jnp.where(den > 0, den, 1)
+  if graft == "adam":
+    return over(mu_hat, jnp.sqrt(nu * nu_hat) + eps)
+  if graft in ("rmsprop", "adagrad"):
+    return over(mu_hat, jnp.sqrt(nu + eps))
+  if graft == "rmsprop_normalized":
+    return over(mu_hat / _per_block(mu_hat_norm, mu_hat), jnp.sqrt(nu + eps))
+  return mu_hat
+
+
+def _norms(x: jax.Array) -> jax.Array:
+  """``[n]``: the Frobenius norm of each block of ``x``."""
+  return jnp.sqrt(jnp.sum(jnp.square(x), axis=tuple(range(1, x.ndim))))
+
+
+def _per_block(values: jax.Array, like: jax.Array) -> jax.Array:
+  """``[n]`` values broadcast against blocks ``[n, ...]``; zeros read as ones."""
+  values = jnp.where(values > 0, values, 1)
+  return values.reshape(values.shape + (1,) * (like.ndim - 1))
+
+
+def _leaf_norms_per_block(plan, stacks: list[jax.Array]) -> list[jax.Array]:
+  """Per stack, ``[n]``: the norm of the whole parameter each block belongs to
+  (0 for padding rows). Static slices and sums of the blocks' norms: a
+  parameter's blocks may lie in several stacks."""
+  squares = [jnp.square(_norms(x)) for x in stacks]
+  slices = plan.block_slices()
+  totals: dict[int, jax.Array] = {}
+  for s, first, leaf, piece in slices:
+    n = plan.leaves[leaf].pieces[piece].num_blocks
+    part = jnp.sum(squares[s][first:first + n])
+    totals[leaf] = part if leaf not in totals else totals[leaf] + part
+  out = []
+  for s in range(len(stacks)):
+    parts = [jnp.broadcast_to(jnp.sqrt(totals[leaf]),
+                              (plan.leaves[leaf].pieces[piece].num_blocks,))
+             for t, _, leaf, piece in slices if t == s]
+    out.append(jnp.concatenate(parts) if len(parts) > 1 else parts[0])
+  return out
 
 
 def _graft_scale(direction: jax.Array, target_norm: jax.Array) -> jax.Array:

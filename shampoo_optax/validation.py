@@ -132,9 +132,10 @@ def check_updates_match(updates, reference):
     )
   for key, leaf in got.items():
     name = f"updates{jax.tree_util.keystr(key)}"
-    if jnp.shape(leaf) != jnp.shape(want[key]):
+    want_shape = tuple(want[key].shape if hasattr(want[key], "shape") else jnp.shape(want[key]))
+    if jnp.shape(leaf) != want_shape:
       raise ValueError(
           f"{name} has shape {jnp.shape(leaf)} but the optimizer state was "
-          f"initialized for shape {jnp.shape(want[key])}"
+          f"initialized for shape {want_shape}"
       )
   check_float_leaves(updates, "updates")
