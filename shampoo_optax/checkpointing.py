@@ -10,6 +10,7 @@ parameters).
 from __future__ import annotations
 
 import functools
+import itertools
 from typing import Any
 
 import jax
@@ -17,7 +18,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from shampoo_optax import quantization, soap_transform
+from shampoo_optax import blocking, moments, quantization, soap_transform
 from shampoo_optax.shampoo_transform import ShampooState
 from shampoo_optax.sharding import BlockSharding
 from shampoo_optax.soap_transform import SoapState
@@ -82,7 +83,16 @@ def state_shardings(
           fields[name] = replicated
         elif name in ("mu", "nu"):
           empty = isinstance(value, tuple) and not value  # a graft without nu
-          fields[name] = () if empty else jax.tree.map(_moment_sharding, like_params, value)
+          if empty:
+            fields[name] = ()
+          elif isinstance(value, moments.BlockedMoment):  # stacks: split as the statistics
+            fields[name] = moments.BlockedMoment(
+                jax.tree.map(lambda sharding, m: replicated if moments.is_placeholder(m)
+                             else _moment_sharding(sharding, m), like_params, value.tree),
+                jax.tree.map(lambda _: blocks, value.stacks),
+                jax.tree.map(lambda _: replicated, value.shapes))
+          else:
+            fields[name] = jax.tree.map(_moment_sharding, like_params, value)
         else:
           fields[name] = jax.tree.map(lambda _: blocks, value)
       return type(node)(**fields)
@@ -174,30 +184,40 @@ def upgrade_state(old_state: Any, tx: optax.GradientTransformation, params: opta
   two, as Shampoo's are (``soap_transform.block_layout``): a SOAP state saved
   by 0.2 whose statistics are not all of such sizes has its statistics, bases
   and their errors and failure counts moved to the rows and slots of the new
-  layout (its state as 0.2 saved it, not 0.1's). Field names are unchanged.
-  ``old_state`` may be the state itself or what ``orbax.checkpoint`` restores
-  without a target (dicts and lists): leaves are matched by key path. Values
-  are carried over exactly (compact storage re-encoded).
+  layout (its state as 0.2 saved it, not 0.1's). 0.4.0 keeps Shampoo's first
+  moment and its graft's second moment of the preconditioned parameters in
+  block layout (``moments.BlockedMoment``): a Shampoo state saved by 0.3 has
+  them cut into blocks (exactly; an int8 first moment is re-rounded to
+  nearest). Other field names are unchanged. ``old_state`` may be the state
+  itself or what ``orbax.checkpoint`` restores without a target (dicts and
+  lists): leaves are matched by key path. Values are carried over exactly
+  (compact storage re-encoded).
 
   ``layout``: ``block_size``, ``max_merged_dim`` and
-  ``skip_preconditioning_dim_size_gt`` as given to SOAP, needed only when a
-  SOAP state's layout cannot be read back from its shapes (the defaults and
-  every power-of-two block size are tried).
+  ``skip_preconditioning_dim_size_gt`` as given to SOAP or Shampoo (and
+  Shampoo's ``exponent_override``), needed only when a state's layout cannot
+  be read back from its shapes (the defaults and every power-of-two block
+  size are tried). A Shampoo state made with ``param_specs`` (local blocks)
+  before 0.4.0 is not converted.
 
   Examples:
     >>> # raw = checkpointer.restore(path)["opt_state"]    # saved by 0.1
     >>> # opt_state = upgrade_state(raw, tx, params)
   """
-  unknown = set(layout) - {"block_size", "max_merged_dim", "skip_preconditioning_dim_size_gt"}
+  unknown = set(layout) - {"block_size", "max_merged_dim", "skip_preconditioning_dim_size_gt",
+                           "exponent_override"}
   if unknown:
     raise TypeError(f"upgrade_state() got unexpected layout arguments {sorted(unknown)}: it "
-                    "takes block_size, max_merged_dim and skip_preconditioning_dim_size_gt")
+                    "takes block_size, max_merged_dim, skip_preconditioning_dim_size_gt and "
+                    "exponent_override")
   by_path = {_plain_path(p): x for p, x in jax.tree_util.tree_flatten_with_path(old_state)[0]}
   template = jax.eval_shape(tx.init, params)
-  for path, soap in jax.tree_util.tree_flatten_with_path(
-      template, is_leaf=lambda x: isinstance(x, SoapState))[0]:
-    if isinstance(soap, SoapState):
-      _soap_to_power_of_two_slots(by_path, _plain_path(path), soap, params, layout)
+  for path, state in jax.tree_util.tree_flatten_with_path(
+      template, is_leaf=lambda x: isinstance(x, (SoapState, ShampooState)))[0]:
+    if isinstance(state, SoapState):
+      _soap_to_power_of_two_slots(by_path, _plain_path(path), state, params, layout)
+    if isinstance(state, ShampooState):
+      _shampoo_moments_to_blocks(by_path, _plain_path(path), state, params, layout)
 
   def lookup(names, path):
     if names not in by_path:
@@ -235,6 +255,93 @@ def upgrade_state(old_state: Any, tx: optax.GradientTransformation, params: opta
 
 
 _GROUP_FIELDS = ("stats", "bases", "basis_errors", "basis_failures")
+
+
+def _shampoo_moments_to_blocks(by_path: dict, prefix: tuple, template: ShampooState,
+                               params: Any, given: dict) -> None:
+  """``by_path`` with a Shampoo state's moments saved in the parameters' layout
+  (before 0.4.0) moved, in place, to ``template``'s block layout
+  (``moments.BlockedMoment``); nothing changes when they are in it already."""
+  param_paths = [_plain_path(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+  leaves = jax.tree.leaves(params)
+  fields = [f for f in ("mu", "nu") if isinstance(getattr(template, f), moments.BlockedMoment)]
+  if not fields or any(k[:len(prefix) + 2] == prefix + (fields[0], "stacks") for k in by_path):
+    return  # block layout already (or nothing saved in it)
+
+  def saved_keys(field, i):
+    """The saved leaf's sub-paths: () for an array, values and scales for int8."""
+    key = prefix + (field,) + param_paths[i]
+    for subs in ((), (("values",), ("scales",))):
+      if all(key + sub in by_path for sub in (subs or ((),))):
+        return key, subs
+    raise ValueError(f"the saved state has no leaf {'/'.join(key)} (the {field} of a "
+                     "parameter): it is not a state of this optimizer for these parameters")
+
+  def saved_float(key, subs):
+    if not subs:
+      return np.asarray(by_path.pop(key), np.float32)
+    values, scales = (np.asarray(by_path.pop(key + sub), np.float32) for sub in subs)
+    return values * scales
+
+  plan = _shampoo_plan(leaves, template, given)
+  for field in fields:
+    moment = getattr(template, field)
+    found = [saved_keys(field, i) for i in range(len(leaves))]
+    old = []  # the preconditioned leaves' moments, as float32; zeros for the others
+    for j, shape in enumerate(moment.shapes):
+      for d, dim in enumerate(shape.dims):
+        by_path[prefix + (field, "shapes", str(j), "dims", str(d))] = np.zeros(
+            dim.shape, dim.dtype)
+    for i, (lp, (key, subs)) in enumerate(zip(plan.leaves, found)):
+      new_key = prefix + (field, "tree") + param_paths[i]
+      if lp.is_preconditioned:
+        old.append(saved_float(key, subs))
+        by_path[new_key] = np.zeros((), np.int8)
+      else:  # kept as saved
+        old.append(np.zeros(leaves[i].shape, np.float32))
+        for sub in (subs or ((),)):
+          by_path[new_key + sub] = by_path.pop(key + sub)
+    stacks = blocking.to_stacks(plan, [jax.numpy.asarray(x) for x in old], np.float32)
+    for s, (x, like) in enumerate(zip(stacks, moment.stacks)):
+      key = prefix + (field, "stacks", str(s))
+      rows = jax.tree.leaves(like)[0].shape[0]
+      x = np.concatenate([np.asarray(x), np.zeros((rows - x.shape[0], *x.shape[1:]),
+                                                  np.float32)])
+      if isinstance(like, quantization.QuantizedArray):  # rounded to nearest
+        q = quantization.quantize_rows(jax.numpy.asarray(x))
+        by_path[key + ("values",)], by_path[key + ("scales",)] = map(np.asarray, q)
+      else:
+        by_path[key] = x.astype(like.dtype)
+
+
+def _shampoo_plan(leaves, template: ShampooState, given: dict) -> blocking.Plan:
+  """The block plan ``template``'s moments were made with, read back from its
+  shapes (the layout arguments in ``given`` are taken as they are)."""
+  stacks = template.mu.stacks
+  want = [jax.tree.leaves(x)[0].shape for x in stacks]
+  sizes = [given["block_size"]] if "block_size" in given else [2**k for k in range(1, 13)]
+  exponents = ([given["exponent_override"]] if "exponent_override" in given else [2, None])
+  # Every skip_preconditioning_dim_size_gt between two of the parameters'
+  # dimensions gives the same plan.
+  skips = ([given["skip_preconditioning_dim_size_gt"]]
+           if "skip_preconditioning_dim_size_gt" in given
+           else sorted({4096, *(d for x in leaves for d in x.shape)}))
+  found = {}
+  for size, skip, exponent in itertools.product(sizes, skips, exponents):
+    for merged in ([given["max_merged_dim"]] if "max_merged_dim" in given
+                   else list(dict.fromkeys([None, size]))):
+      plan = blocking.Layout(size, merged, skip, exponent).plan(leaves)
+      if len(plan.stacks) == len(want) and all(
+          st.block_shape == w[1:] and st.size <= w[0] for st, w in zip(plan.stacks, want)):
+        found.setdefault((plan.block_slices(), tuple(st.block_shape for st in plan.stacks)),
+                         plan)
+  if len(found) != 1:
+    raise ValueError(
+        "upgrade_state could not read Shampoo's block layout back from the state's shapes "
+        f"({'no' if not found else 'several different'} layouts fit): pass the block_size, "
+        "max_merged_dim, skip_preconditioning_dim_size_gt and exponent_override Shampoo was "
+        "built with. A state made with param_specs (local blocks) is not converted")
+  return next(iter(found.values()))
 
 
 def _soap_to_power_of_two_slots(by_path: dict, prefix: tuple, template: SoapState,

@@ -226,11 +226,6 @@ class Core:
                             block_sharding):
     groups, carried = groups
     blocks = cut_into_blocks(plan, inputs)
-    # Stored stacks may have padding rows for the block axis: apply sees the
-    # stacks' own blocks, and the padding is put back after it.
-    rows = {name: [x.shape[0] for x in stacks] for name, stacks in carried.items()}
-    for name, stacks in carried.items():
-      blocks[name] = [x[:st.size] for x, st in zip(stacks, plan.stacks)]
     stats, precond, errors, failures = groups
     place = lambda tree: tuple(jax.tree.map(block_sharding.place, g) for g in tree)  # noqa: E731
     stats = place(factor_matrices.accumulate(
@@ -244,6 +239,17 @@ class Core:
     if variant.refresh_first:
       precond, errors, failures, _ = refresh(precond, errors, failures)
     preconditioners = factor_matrices.decode_stacks(plan, precond, self.precond_codec)
+    if carried:
+      # Stored stacks have padding rows for the block axis (moment_rows): apply
+      # runs on stacks of that many rows, split over the block axis as they
+      # are, the padding blocks zero.
+      rows = [x.shape[0] for x in next(iter(carried.values()))]
+      blocks = {name: [_pad_rows(x, n, block_sharding) for x, n in zip(stacks, rows)]
+                for name, stacks in blocks.items()}
+      blocks.update(carried)
+      preconditioners = [[(axis, _pad_rows(m, n, block_sharding, replicate=False))
+                          for axis, m in per_axis]
+                         for per_axis, n in zip(preconditioners, rows)]
     outputs = variant.apply(plan, blocks, preconditioners, scalars)
     if not variant.refresh_first:
       precond, errors, failures, changes = refresh(precond, errors, failures,
@@ -255,17 +261,22 @@ class Core:
                                  count=count if block_sharding.size == 1 else None)
     leaves = {name: preconditioned_only(plan, put_back(outputs[name]))
               for name in variant.outputs}
-    carried = {name: tuple(block_sharding.place(_pad_rows(x, n))
-                           for x, n in zip(outputs[name], rows[name]))
-               for name in variant.carried}
+    carried = {name: tuple(map(block_sharding.place, outputs[name])) for name in variant.carried}
     return leaves, ((stats, precond, errors, failures), carried)
 
 
-def _pad_rows(x: jax.Array, rows: int) -> jax.Array:
-  """``x`` with zero rows appended up to ``rows``."""
-  if x.shape[0] == rows:
-    return x
-  return jnp.pad(x, [(0, rows - x.shape[0])] + [(0, 0)] * (x.ndim - 1))
+def _pad_rows(x: jax.Array, rows: int, block_sharding, replicate: bool = True) -> jax.Array:
+  """``x`` with zero rows appended up to ``rows``, split over the block axis.
+
+  A stack of a number of rows the block axis does not divide is replicated
+  before it is padded: split unevenly, XLA's partitioner would replicate it
+  anyway, with a warning (and split evenly, its own propagation could ask
+  for that).
+  """
+  if x.shape[0] != rows:
+    x = block_sharding.replicate(x) if replicate else x
+    x = jnp.pad(x, [(0, rows - x.shape[0])] + [(0, 0)] * (x.ndim - 1))
+  return block_sharding.place(x) if replicate else x
 
 
 def _shapes(groups: list[list]) -> list:

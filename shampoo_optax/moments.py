@@ -137,11 +137,10 @@ def _decode(m, dtype):
 
 
 class LeafShape(NamedTuple):
-  """Stands, in a moment's tree, for a leaf whose moment is kept in block stacks.
+  """The shape a leaf whose moment is kept in block stacks was initialized for.
 
-  The leaf's shape, as the lengths of 1-D int8 arrays of zeros (a few bytes
-  per dimension): the state still records the shape every leaf was
-  initialized for, so that a gradient of another shape is refused by name even
+  Its dimensions, as the lengths of 1-D int8 arrays of zeros (a few bytes
+  per dimension), so that a gradient of another shape is refused by name even
   where it would fit the same stacks. (Zero-size arrays would do the same
   with no bytes, but orbax does not save them.)
   """
@@ -158,17 +157,21 @@ class BlockedMoment(NamedTuple):
 
   Attributes:
     tree: the parameters' tree: the moment of each leaf that is not
-      preconditioned, in its shape, and a :class:`LeafShape` for each that is.
+      preconditioned, in its shape, and an int8 scalar 0 in place of each
+      that is (a tree of arrays, as Flax's ``nnx.Optimizer`` expects of the
+      parameters' part of a state).
     stacks: per stack of the block plan, the moment of its blocks,
       ``[rows, *block_shape]`` (padded blocks hold zeros), float or, for an
       int8 first moment, ``quantization.QuantizedArray`` with a scale per row of
       each block's last axis. ``rows`` is the number of blocks, rounded up to
       a multiple of the devices the block axis is split over (with local
       blocks: the blocks of every device, one after the other).
+    shapes: a :class:`LeafShape` per preconditioned leaf, in tree order.
   """
 
   tree: Any
   stacks: Any
+  shapes: Any
 
 
 # What init puts in a moment's stacks when it is handed optax.tree.map_params'
@@ -177,7 +180,12 @@ STAND_IN_STACKS = "moment stacks"
 
 
 def _is_node(x) -> bool:
-  return isinstance(x, (LeafShape, quantization.QuantizedArray))
+  return isinstance(x, quantization.QuantizedArray)
+
+
+def _placeholder() -> jax.Array:
+  """What a moment's tree holds for a leaf whose moment is in the stacks."""
+  return jnp.zeros((), jnp.int8)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -205,19 +213,21 @@ class BlockedMoments:
     if not leaves and type(params).__name__ == "_ParamsPlaceholder":
       # optax.tree.map_params' stand-in: the tree is the parameters' part.
       tree_mu, tree_nu = self.dtypes.init(params)
-      return (BlockedMoment(tree_mu, STAND_IN_STACKS),
-              BlockedMoment(tree_nu, STAND_IN_STACKS) if self.keeps_nu else ())
+      return (BlockedMoment(tree_mu, STAND_IN_STACKS, STAND_IN_STACKS),
+              BlockedMoment(tree_nu, STAND_IN_STACKS, STAND_IN_STACKS) if self.keeps_nu else ())
     dtypes = stack_dtypes(plan, [x.dtype for x in leaves])
+    shapes = tuple(LeafShape(tuple(jnp.zeros((d,), jnp.int8) for d in x.shape))
+                   for x, lp in zip(leaves, plan.leaves) if lp.is_preconditioned)
 
     def moment(dtype, encode):
       tree = jax.tree.unflatten(treedef, [
-          LeafShape(tuple(jnp.zeros((d,), jnp.int8) for d in x.shape))
-          if lp.is_preconditioned else encode(jnp.zeros_like(x, dtype or x.dtype), x)
+          _placeholder() if lp.is_preconditioned
+          else encode(jnp.zeros_like(x, dtype or x.dtype), x)
           for x, lp in zip(leaves, plan.leaves)])
       stacks = tuple(
           jax.tree.map(place, encode(jnp.zeros((n, *st.block_shape), dtype or d), None))
           for n, st, d in zip(rows, plan.stacks, dtypes))
-      return BlockedMoment(tree, stacks)
+      return BlockedMoment(tree, stacks, shapes)
 
     mu_dtype = None if self.dtypes.quantized_mu else self.dtypes.mu
     mu = moment(mu_dtype, self._encode_mu)
@@ -236,49 +246,58 @@ class BlockedMoments:
     """The moments for computing: tree leaves in the gradients' dtypes,
     stacks in float32."""
     def load_one(moment):
-      tree = jax.tree.map(
-          lambda g, m: m if isinstance(m, LeafShape) else _decode(m, g.dtype),
-          grads, moment.tree, is_leaf=_is_node)
+      tree = jax.tree.map(lambda g, m: m if is_placeholder(m) else _decode(m, g.dtype),
+                          grads, moment.tree, is_leaf=_is_node)
       stacks = tuple(_decode(s, jnp.float32) for s in moment.stacks)
-      return BlockedMoment(tree, stacks)
+      return moment._replace(tree=tree, stacks=stacks)
     return load_one(mu), load_one(nu) if self.keeps_nu else ()
 
   def store(self, mu, nu, old_mu, old_nu, count: jax.Array):
     """The moments in their stored form; ``count`` seeds stochastic rounding."""
     key = jax.random.fold_in(jax.random.key(1), count)
-    tree_leaves = jax.tree.leaves(mu.tree, is_leaf=_is_node)
-    old_leaves = jax.tree.leaves(old_mu.tree, is_leaf=_is_node)
+    old_leaves, treedef = jax.tree.flatten(old_mu.tree, is_leaf=_is_node)
 
     def store_mu(x, old, i):
-      if isinstance(x, LeafShape):
-        return old
       if isinstance(old, quantization.QuantizedArray):
         return quantization.quantize_rows(x, jax.random.fold_in(key, i))
-      return x.astype(old.dtype)
+      return old if is_placeholder(old) else x.astype(old.dtype)
 
-    n = len(tree_leaves)
-    mu = BlockedMoment(
-        jax.tree.unflatten(jax.tree.structure(old_mu.tree, is_leaf=_is_node), [
-            store_mu(x, old, i) for i, (x, old) in enumerate(zip(tree_leaves, old_leaves))]),
-        tuple(store_mu(x, old, n + s)
-              for s, (x, old) in enumerate(zip(mu.stacks, old_mu.stacks))))
+    n = len(old_leaves)
+    mu = old_mu._replace(
+        tree=jax.tree.unflatten(treedef, [
+            store_mu(x, old, i)
+            for i, (x, old) in enumerate(zip(jax.tree.leaves(mu.tree), old_leaves))]),
+        stacks=tuple(store_mu(x, old, n + s)
+                     for s, (x, old) in enumerate(zip(mu.stacks, old_mu.stacks))))
     if not self.keeps_nu:
       return mu, ()
-    nu = BlockedMoment(
-        jax.tree.map(lambda x, old: old if isinstance(x, LeafShape) else x.astype(old.dtype),
-                     nu.tree, old_nu.tree, is_leaf=_is_node),
-        tuple(x.astype(old.dtype) for x, old in zip(nu.stacks, old_nu.stacks)))
+    nu = old_nu._replace(
+        tree=jax.tree.map(lambda x, old: old if is_placeholder(old) else x.astype(old.dtype),
+                          nu.tree, old_nu.tree),
+        stacks=tuple(x.astype(old.dtype) for x, old in zip(nu.stacks, old_nu.stacks)))
     return mu, nu
 
   def shapes(self, mu):
     """``mu.tree`` with each leaf as the shape the state was initialized for."""
+    if not isinstance(mu, BlockedMoment):
+      raise ValueError(
+          "the optimizer state's first moment is in the parameters' layout, as shampoo_optax "
+          "0.3 kept it; 0.4 keeps the preconditioned parameters' moments in block layout: "
+          "convert the state with shampoo_optax.upgrade_state(state, tx, params)")
+    shapes = iter(mu.shapes)
+
     def shape(m):
-      if isinstance(m, LeafShape):
-        return jax.ShapeDtypeStruct(m.shape, jnp.float32)
       if isinstance(m, quantization.QuantizedArray):
-        return jax.ShapeDtypeStruct(m.values.shape, jnp.float32)
-      return jax.ShapeDtypeStruct(jnp.shape(m), jnp.float32)
+        m = m.values
+      return jax.ShapeDtypeStruct(next(shapes).shape if is_placeholder(m) else jnp.shape(m),
+                                  jnp.float32)
     return jax.tree.map(shape, mu.tree, is_leaf=_is_node)
+
+
+def is_placeholder(x) -> bool:
+  """Whether a leaf of a moment's tree stands for a leaf kept in the stacks."""
+  return (not isinstance(x, quantization.QuantizedArray) and hasattr(x, "dtype")
+          and not x.shape and jnp.dtype(x.dtype) == jnp.int8)
 
 
 def stack_dtypes(plan, dtypes: list) -> list:

@@ -329,9 +329,8 @@ def scale_by_shampoo(
     # the parameters' layout.
     diagonal = [i for i, lp in enumerate(plan.leaves) if not lp.is_preconditioned]
     take = lambda xs: [xs[i] for i in diagonal]  # noqa: E731
-    is_node = lambda x: isinstance(x, moments.LeafShape)  # noqa: E731
-    mu_leaves = jax.tree.leaves(mu.tree, is_leaf=is_node)
-    nu_leaves = jax.tree.leaves(nu.tree, is_leaf=is_node) if keeps_nu else None
+    mu_leaves, mu_def = jax.tree.flatten(mu.tree)
+    nu_leaves, nu_def = jax.tree.flatten(nu.tree) if keeps_nu else (None, None)
     g = take(leaves)
     m = optax.tree.update_moment(g, take(mu_leaves), b1, 1)
     n = grafting.update_second_moment(graft, g, take(nu_leaves), b2) if keeps_nu else ()
@@ -363,12 +362,11 @@ def scale_by_shampoo(
         plan, [None] * len(leaves), preconditioned)
     for i, si in zip(diagonal, step):
       step_leaves[i] = si
-    mu = moments.BlockedMoment(jax.tree.unflatten(jax.tree.structure(mu.tree, is_leaf=is_node),
-                                                  mu_leaves), out.get("mu", mu.stacks))
+    mu = mu._replace(tree=jax.tree.unflatten(mu_def, mu_leaves),
+                     stacks=out.get("mu", mu.stacks))
     if keeps_nu:
-      nu = moments.BlockedMoment(
-          jax.tree.unflatten(jax.tree.structure(nu.tree, is_leaf=is_node), nu_leaves),
-          out.get("nu", nu.stacks))
+      nu = nu._replace(tree=jax.tree.unflatten(nu_def, nu_leaves),
+                       stacks=out.get("nu", nu.stacks))
     return jax.tree.unflatten(treedef, step_leaves), mu, nu, groups
 
   return shampoo_core.transformation(ShampooState, step_fn)
@@ -470,10 +468,12 @@ def _leaf_norms_per_block(plan, stacks: list[jax.Array]) -> list[jax.Array]:
     part = jnp.sum(squares[s][first:first + n])
     totals[leaf] = part if leaf not in totals else totals[leaf] + part
   out = []
-  for s in range(len(stacks)):
+  for s, x in enumerate(stacks):
     parts = [jnp.broadcast_to(jnp.sqrt(totals[leaf]),
                               (plan.leaves[leaf].pieces[piece].num_blocks,))
              for t, _, leaf, piece in slices if t == s]
+    padding = x.shape[0] - plan.stacks[s].size  # rows for the block axis
+    parts += [jnp.zeros((padding,), jnp.float32)] if padding else []
     out.append(jnp.concatenate(parts) if len(parts) > 1 else parts[0])
   return out
 

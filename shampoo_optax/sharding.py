@@ -72,6 +72,12 @@ class BlockSharding:
       return x
     return constrain(x, self.mesh, self.spec)
 
+  def replicate(self, x: jax.Array) -> jax.Array:
+    """``x`` replicated over the mesh (eager or traced)."""
+    if self.mesh is None:
+      return x
+    return constrain(x, self.mesh, PartitionSpec())
+
   def map_blocks(self, f: Callable, blocked: tuple, replicated: tuple) -> Any:
     """f(*blocked, *replicated, device), each device on its own rows.
 

@@ -339,8 +339,16 @@ def case_compact_state():
       tx = shampoo_optax.shampoo(0.05, mesh=mesh, block_axis="data", **hp)
       out, state, traces, changed = train(tx, params, 6, mesh, "data")
     assert traces == 1 and not changed, (axis_type, traces, changed)
-    for k, m in state[0].mu.items():
+    # The preconditioned leaves' moments: stacks of blocks, split over the
+    # block axis (values and row scales alike); the others' like their parameters.
+    for m in state[0].mu.stacks:
+      for x in (m.values, m.scales):
+        assert x.sharding.is_equivalent_to(NamedSharding(mesh, P("data")), x.ndim), x.sharding
+    assert state[0].mu.stacks
+    for k, m in state[0].mu.tree.items():
       spec = tuple(params[k].sharding.spec) + (None,) * params[k].ndim
+      if shampoo_optax.moments.is_placeholder(m):
+        continue
       if params[k].ndim >= 2:
         assert m.values.dtype == jnp.int8 and m.values.sharding.is_equivalent_to(
             params[k].sharding, m.values.ndim), (k, m.values.sharding)

@@ -9,7 +9,7 @@ import optax
 import pytest
 
 import shampoo_optax
-from shampoo_optax import factor_matrices, quantization
+from shampoo_optax import blocking, factor_matrices, moments, quantization
 
 
 def random_psd(rng, n, d):
@@ -168,15 +168,24 @@ def test_compact_statistics_stay_close_to_float32(rng, dtype):
     assert rel < tolerance, (k, rel)
   assert all(quantization.stored_dtype(s) == "int16" for s in state.stats)
   assert all(quantization.stored_dtype(r) == dtype for r in state.roots)
+  plan = blocking.Layout(64, None, 4096, 2).plan_shapes([shapes[k] for k in sorted(shapes)])
   if dtype == "int8":
-    for k, m in state.mu.items():
-      if len(shapes[k]) >= 2:
+    # The preconditioned leaves' first moments in stacks of blocks, int8 with a
+    # scale per row of each block; the others' in the tree, as before.
+    for m, st in zip(state.mu.stacks, plan.stacks):
+      assert isinstance(m, quantization.QuantizedArray)
+      assert m.values.dtype == jnp.int8 and m.values.shape == (st.size, *st.block_shape)
+      assert m.scales.dtype == jnp.float32 and m.scales.shape == m.values.shape[:-1] + (1,)
+    for (k, m), lp in zip(sorted(state.mu.tree.items()), plan.leaves):
+      if lp.is_preconditioned:
+        assert moments.is_placeholder(m), k
+      elif len(shapes[k]) >= 2:
         assert isinstance(m, quantization.QuantizedArray), k
-        assert m.values.dtype == jnp.int8 and m.values.shape == shapes[k]
-        assert m.scales.dtype == jnp.float32 and m.scales.shape == shapes[k][:-1] + (1,)
       else:
         assert m.dtype == jnp.bfloat16, k
-  assert all(n.dtype == jnp.bfloat16 for n in jax.tree.leaves(state.nu))
+  assert all(n.dtype == jnp.bfloat16 for n in state.nu.stacks)
+  assert all(state.nu.tree[k].dtype == jnp.bfloat16
+             for k, lp in zip(sorted(shapes), plan.leaves) if not lp.is_preconditioned)
 
 
 def test_rounding_noise_bounds_the_storage_error(rng):
@@ -232,7 +241,10 @@ def test_int8_first_moment_keeps_small_entries():
   means, nearest = [], quantization.quantize_rows(jnp.zeros(g.shape))
   for t in range(80):
     _, state = update({"w": jnp.asarray(g)}, state)
-    m = np.asarray(quantization.dequantize_rows(state.mu["w"]))
+    # "w" is preconditioned: its first moment is the stack of its four
+    # [4, 128] blocks, put back here in the parameter's layout.
+    stack = quantization.dequantize_rows(state.mu.stacks[0])
+    m = np.asarray(jnp.concatenate(list(stack), axis=1))
     if t >= 40:
       means.append(m[:, 1:].mean())
     nearest = quantization.quantize_rows(

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import shampoo_optax
-from shampoo_optax import blocking, factor_matrices, quantization
+from shampoo_optax import blocking, factor_matrices, moments, quantization
 
 # 3 + 3 statistics of w's 4 x 4 blocks and 1 of e's one-sided blocks: an odd
 # group, which 0.2 pads to an even number of rows.
@@ -19,6 +19,28 @@ KW = dict(block_size=4, skip_preconditioning_dim_size_gt=50, precondition_every=
 def packed(full):
   rows, cols = np.triu_indices(full.shape[-1])
   return np.asarray(full)[:, rows, cols]
+
+
+def tree_layout(moment, plan=None):
+  """A moment as saved before 0.4.0: in the parameters' layout (Shampoo's
+  preconditioned leaves cut back out of its block stacks)."""
+  if not isinstance(moment, moments.BlockedMoment):
+    return jax.tree.map(np.asarray, moment)
+  is_node = lambda x: isinstance(x, quantization.QuantizedArray)  # noqa: E731
+  leaves, treedef = jax.tree.flatten(moment.tree, is_leaf=is_node)
+  shapes = iter(moment.shapes)
+  shapes = [next(shapes).shape if moments.is_placeholder(x) else np.shape(x) for x in leaves]
+  plan = plan or blocking.Layout(4, None, 50, 2).plan_shapes(shapes)
+  int8 = isinstance(moment.stacks[0], quantization.QuantizedArray)
+  stacks = [quantization.dequantize_rows(x) if int8 else x for x in moment.stacks]
+  blocked = blocking.from_stacks(plan, [x[:st.size] for x, st in zip(stacks, plan.stacks)])
+
+  def saved(b):  # as 0.3 stored it: int8 per row of the leaf's last axis
+    b = quantization.quantize_rows(b) if int8 else b.astype(stacks[0].dtype)
+    return jax.tree.map(np.asarray, b)
+  return jax.tree.unflatten(treedef, [
+      saved(b) if moments.is_placeholder(x) else jax.tree.map(np.asarray, x)
+      for x, b in zip(leaves, blocked)])
 
 
 def as_saved_by_0_1(state, sizes):
@@ -33,8 +55,8 @@ def as_saved_by_0_1(state, sizes):
       return np.asarray(x)[:n].reshape(n, -1)
     return np.asarray(x)[:n]
 
-  saved = {"count": np.asarray(inner.count), "mu": jax.tree.map(np.asarray, inner.mu),
-           "nu": jax.tree.map(np.asarray, inner.nu)}
+  saved = {"count": np.asarray(inner.count), "mu": tree_layout(inner.mu),
+           "nu": tree_layout(inner.nu)}
   for field, value in inner._asdict().items():
     if field not in saved:
       saved[field] = [group(x, field, n) for x, n in zip(value, sizes)]
@@ -188,3 +210,73 @@ def test_soap_state_in_its_own_size_slots_upgrades(rng, monkeypatch, statistics_
   for got, want in zip(jax.tree.leaves(again), jax.tree.leaves(new_state)):
     np.testing.assert_array_equal(got, want)
 
+
+
+# A 40 x 24 weight in four blocks (two stacks), a convolution merged into a
+# matrix, a bias (tree layout) and a dimension over skip_preconditioning_dim_size_gt.
+SHAMPOO_SHAPES = {"w": (40, 24), "conv": (3, 3, 4, 8), "b": (24,), "e": (60, 6)}
+
+
+@pytest.mark.parametrize("kw", [
+    {},
+    {"statistics_dtype": "int8", "graft": "rmsprop"},
+    {"statistics_dtype": "bfloat16", "nesterov": True},
+    {"graft": "sgd", "block_size": 8},
+], ids=["float32", "int8", "bfloat16", "sgd"])
+def test_shampoo_state_saved_by_0_3_upgrades(rng, kw):
+  """0.3 kept Shampoo's moments in the parameters' layout; 0.4 keeps those of the
+  preconditioned leaves in block stacks. upgrade_state cuts them (read back from
+  the shapes which block layout) exactly (an int8 first moment to its rounding),
+  and training goes on as from the state itself."""
+  kw = {"block_size": 16, "skip_preconditioning_dim_size_gt": 50, **kw}
+  tx = shampoo_optax.shampoo(1e-2, **kw)
+  params = {k: jnp.asarray(rng.standard_normal(s), jnp.float32)
+            for k, s in SHAMPOO_SHAPES.items()}
+  grads = [{k: jnp.asarray(rng.standard_normal(s), jnp.float32)
+            for k, s in SHAMPOO_SHAPES.items()} for _ in range(4)]
+  update = jax.jit(tx.update)
+  state = tx.init(params)
+  for g in grads[:3]:
+    _, state = update(g, state, params)
+  inner = state[0]
+  assert isinstance(inner.mu, moments.BlockedMoment) and len(inner.mu.stacks) >= 2
+  plan = blocking.Layout(kw["block_size"], None, 50, 2).plan(jax.tree.leaves(params))
+  saved = [jax.tree.map(np.asarray, inner._replace(
+      mu=tree_layout(inner.mu, plan), nu=tree_layout(inner.nu, plan)))] + [
+      jax.tree.map(np.asarray, s) for s in state[1:]]
+  # as orbax restores it without a target: NamedTuples as dicts
+  saved[0] = {k: v for k, v in saved[0]._asdict().items()}
+  upgraded = shampoo_optax.upgrade_state(saved, tx, params)
+  assert jax.tree.structure(upgraded) == jax.tree.structure(state)
+  int8 = kw.get("statistics_dtype") == "int8"
+  for got, want in zip(jax.tree.leaves(upgraded), jax.tree.leaves(state)):
+    assert got.shape == want.shape and got.dtype == want.dtype
+    if not int8:
+      np.testing.assert_array_equal(got, want)
+  if int8:  # the first moment's stacks re-rounded to nearest: within a step of 1/127
+    got = quantization.dequantize_rows(upgraded[0].mu.stacks[0])
+    want = quantization.dequantize_rows(inner.mu.stacks[0])
+    np.testing.assert_allclose(got, want, atol=1.01 * float(jnp.max(jnp.abs(want))) / 127)
+    return
+  a, _ = update(grads[3], upgraded, params)
+  b, _ = update(grads[3], state, params)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(x, y)
+  # A state already in 0.4's layout comes back as it was.
+  again = shampoo_optax.upgrade_state(jax.tree.map(np.asarray, state), tx, params)
+  for got, want in zip(jax.tree.leaves(again), jax.tree.leaves(state)):
+    np.testing.assert_array_equal(got, want)
+
+
+def test_shampoo_state_of_an_unknown_layout_is_an_error():
+  """When no block layout (or several) fits, the error says what to pass."""
+  params = {"w": jnp.ones((40, 24))}
+  tx = shampoo_optax.shampoo(1e-2, block_size=16, max_merged_dim=3)
+  state = tx.init(params)
+  inner = state[0]
+  saved = [inner._replace(mu={"w": np.zeros((40, 24), np.float32)},
+                          nu={"w": np.zeros((40, 24), np.float32)})] + list(state[1:])
+  with pytest.raises(ValueError, match="could not read Shampoo's block layout"):
+    shampoo_optax.upgrade_state(saved, tx, params, block_size=8)
+  upgraded = shampoo_optax.upgrade_state(saved, tx, params)
+  assert jax.tree.structure(upgraded) == jax.tree.structure(state)
