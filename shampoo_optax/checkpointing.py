@@ -36,8 +36,9 @@ def state_shardings(
   restore a checkpoint onto a mesh: first moments and every other
   parameter-shaped part of the state follow the parameters' shardings (taken
   from ``params``' leaves, arrays or ``jax.ShapeDtypeStruct``\ s with a
-  sharding; replicated where a leaf has none), Shampoo's statistics and roots
-  are split over ``block_axis`` (pass the same value as to ``shampoo``), and
+  sharding; replicated where a leaf has none), Shampoo's statistics and roots,
+  and its moments kept in block stacks, are split over ``block_axis`` (pass
+  the same value as to ``shampoo``), and
   everything else is replicated.
 
   Args:

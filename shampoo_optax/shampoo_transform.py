@@ -5,8 +5,9 @@
 One update, in the paper's terms (Anil et al., 2020, arXiv 2002.09018):
 
 1. First moment ``mu`` (EMA of gradients, ``b1``, bias-corrected) and the
-   grafting method's diagonal second moment ``nu`` (``b2``), in the
-   parameters' own tree layout.
+   grafting method's diagonal second moment ``nu`` (``b2``): kept in block
+   layout for the preconditioned parameters (where the steps below use
+   them), in the parameters' own layout for the others.
 2. Statistics, per block ``G`` of the gradient and per preconditioned axis:
    ``L <- b2 L + (1 - b2) G G^T`` and ``R <- b2 R + (1 - b2) G^T G`` (for a
    k-dimensional block, one statistic per axis, contracting the others).
@@ -86,11 +87,14 @@ class ShampooState(NamedTuple):
 
   Attributes:
     count: int32 ``[]``, the number of updates applied.
-    mu: first moment, the parameters' tree and shapes, dtype ``mu_dtype`` or
-      the parameters' (with int8, ``quantization.QuantizedArray`` leaves).
-    nu: the grafting method's second moment, the parameters' tree and shapes
-      (bfloat16 with a compact ``statistics_dtype``); ``()`` for grafts
-      without one (``'sgd'``, ``'none'``).
+    mu: first moment, a ``moments.BlockedMoment``: in the parameters' tree and
+      shapes for the leaves that are not preconditioned, in stacks of blocks
+      ``[rows, *block_shape]`` for the others; dtype ``mu_dtype`` or the
+      parameters' (the widest of a stack's; with int8,
+      ``quantization.QuantizedArray`` with a scale per row of each block).
+    nu: the grafting method's second moment, laid out as ``mu`` (bfloat16 with
+      a compact ``statistics_dtype``); ``()`` for grafts without one
+      (``'sgd'``, ``'none'``).
     stats: per group, the statistics of ``n_g`` blocks in stored form: float32
       ``[n_g, d_g (d_g + 1) / 2]`` (upper triangles), or, with a compact
       ``statistics_dtype``, ``quantization.ScaledIntMatrices`` with int16
