@@ -144,11 +144,22 @@ class Core:
         sharding_lib.BlockSharding(), replicas=replicas))
 
     def fits(got, want):
-      return (str(got.dtype) == str(want.dtype) and got.shape[1:] == want.shape[1:]
+      return ((want.dtype is None or str(got.dtype) == str(want.dtype))
+              and got.shape[1:] == want.shape[1:]
               and (got.shape[0] >= want.shape[0] if self.local is None
                    else got.shape[0] == want.shape[0]))
 
-    for name, got_field, want_field in zip(type(state)._fields[3:], state[3:], want):
+    fields = list(zip(type(state)._fields[3:], state[3:], want))
+    if isinstance(self.moments, moments.BlockedMoments):  # stacks of blocks, checked alike
+      for name in ("mu", "nu") if self.moments.keeps_nu else ("mu",):
+        stacks = getattr(state, name).stacks
+        want_stacks = []
+        for st, x in zip(plan.stacks, stacks):  # shapes only: dtypes are the parameters'
+          shape = (replicas * st.size, *st.block_shape)
+          want_stacks.append([_Shape(shape)] if not isinstance(x, quantization.QuantizedArray)
+                             else [_Shape(shape), _Shape(shape[:-1] + (1,))])
+        fields.append((name, stacks, want_stacks))
+    for name, got_field, want_field in fields:
       got_groups = [jax.tree.leaves(g) for g in got_field]
       want_groups = [jax.tree.leaves(g) for g in want_field]
       if len(got_groups) == len(want_groups) and all(
@@ -277,6 +288,14 @@ def _pad_rows(x: jax.Array, rows: int, block_sharding, replicate: bool = True) -
     x = block_sharding.replicate(x) if replicate else x
     x = jnp.pad(x, [(0, rows - x.shape[0])] + [(0, 0)] * (x.ndim - 1))
   return block_sharding.place(x) if replicate else x
+
+
+@dataclasses.dataclass(frozen=True)
+class _Shape:
+  """A shape the state must have, of any dtype."""
+
+  shape: tuple[int, ...]
+  dtype: Any = None
 
 
 def _shapes(groups: list[list]) -> list:

@@ -301,8 +301,16 @@ def is_placeholder(x) -> bool:
 
 
 def stack_dtypes(plan, dtypes: list) -> list:
-  """Per stack of ``plan``: the widest of its leaves' ``dtypes``."""
+  """Per stack of ``plan``: the widest of its leaves' ``dtypes`` (without
+  implicit promotion, which JAX's strict mode refuses between float types)."""
   members: dict[int, list] = {}
   for s, _, leaf, _ in plan.block_slices():
     members.setdefault(s, []).append(dtypes[leaf])
-  return [jnp.result_type(*members[s]) for s in range(len(plan.stacks))]
+  out = []
+  for s in range(len(plan.stacks)):
+    kinds = {jnp.dtype(d) for d in members[s]}
+    widest = max(kinds, key=lambda d: d.itemsize)
+    # Two different floats of one width (float16, bfloat16): float32 holds both.
+    tie = len({d for d in kinds if d.itemsize == widest.itemsize}) > 1
+    out.append(jnp.dtype(jnp.float32) if tie else widest)
+  return out

@@ -146,6 +146,9 @@ def test_param_specs_errors():
                           param_specs={"w": P("data", None, None), "b": None})
   with pytest.raises(ValueError, match=r"param_specs\['w'\].*more entries"):
     tx.init(params)
+  with pytest.raises(ValueError, match="rmsprop_normalized.*whole parameter"):
+    shampoo_optax.shampoo(1e-3, graft="rmsprop_normalized", mesh=mesh, block_axis="data",
+                          param_specs={"w": P("data"), "b": None})
 
 
 def test_local_state_on_another_mesh_is_an_error():
@@ -161,6 +164,11 @@ def test_local_state_on_another_mesh_is_an_error():
                                root_failures=double(state[0].root_failures)), *state[1:])
   tx.update(params, state, params)  # the state it made is fine
   with pytest.raises(ValueError, match="same param_specs, same block-axis size"):
+    tx.update(params, doubled, params)
+  # The moments kept in block stacks are checked the same way.
+  doubled = (state[0]._replace(mu=state[0].mu._replace(stacks=double(state[0].mu.stacks))),
+             *state[1:])
+  with pytest.raises(ValueError, match="mu do not fit.*same param_specs, same block-axis size"):
     tx.update(params, doubled, params)
 
 

@@ -839,3 +839,24 @@ def test_staggered_update_compiles_without_conditionals(rng, make, stagger_flag,
   assert conditionals(staggered()) == 0
   assert conditionals(make(0.1, block_size=6, precondition_every=3,
                            **{stagger_flag: False})) > 0
+
+
+def test_moment_stacks_take_the_widest_dtype_of_their_parameters():
+  """A stack of blocks holds several parameters' moments: without mu_dtype it takes
+  the widest of their dtypes (bfloat16 parameters alone keep bfloat16 moments, as
+  in the parameters' layout); the vectors' moments stay in the tree, in theirs."""
+  tx = shampoo_optax.scale_by_shampoo(block_size=8)
+  mixed = {"a": jnp.ones((8, 8), jnp.bfloat16), "b": jnp.ones((8, 8)), "v": jnp.ones(8)}
+  state = tx.init(mixed)
+  assert [x.dtype for x in state.mu.stacks] == [jnp.float32]
+  assert [x.dtype for x in state.nu.stacks] == [jnp.float32]
+  assert state.mu.tree["v"].dtype == jnp.float32
+  bf16 = jax.tree.map(lambda x: x.astype(jnp.bfloat16), mixed)
+  state = tx.init(bf16)
+  assert [x.dtype for x in state.mu.stacks] == [jnp.bfloat16]
+  updates, new_state = jax.jit(tx.update)(bf16, state)
+  assert jax.tree.map(lambda x: x.dtype, new_state) == jax.tree.map(lambda x: x.dtype, state)
+  assert all(u.dtype == jnp.bfloat16 for u in jax.tree.leaves(updates))
+  assert state.mu.shapes[0].shape == (8, 8)
+  state = shampoo_optax.scale_by_shampoo(block_size=8, mu_dtype=jnp.bfloat16).init(mixed)
+  assert [x.dtype for x in state.mu.stacks] == [jnp.bfloat16]
