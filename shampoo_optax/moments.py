@@ -166,7 +166,8 @@ class BlockedMoment(NamedTuple):
       each block's last axis. ``rows`` is the number of blocks, rounded up to
       a multiple of the devices the block axis is split over (with local
       blocks: the blocks of every device, one after the other).
-    shapes: a :class:`LeafShape` per preconditioned leaf, in tree order.
+    shapes: a :class:`LeafShape` per preconditioned leaf, in tree order (in
+      the first moment; ``()`` in the second).
   """
 
   tree: Any
@@ -231,7 +232,8 @@ class BlockedMoments:
 
     mu_dtype = None if self.dtypes.quantized_mu else self.dtypes.mu
     mu = moment(mu_dtype, self._encode_mu)
-    nu = moment(self.dtypes.nu, lambda x, _: x) if self.keeps_nu else ()
+    # The shapes are recorded once, in mu.
+    nu = moment(self.dtypes.nu, lambda x, _: x)._replace(shapes=()) if self.keeps_nu else ()
     return mu, nu
 
   def _encode_mu(self, x, like):

@@ -21,14 +21,14 @@ def packed(full):
   return np.asarray(full)[:, rows, cols]
 
 
-def tree_layout(moment, plan=None):
+def tree_layout(moment, plan=None, shapes_of=None):
   """A moment as saved before 0.4.0: in the parameters' layout (Shampoo's
   preconditioned leaves cut back out of its block stacks)."""
   if not isinstance(moment, moments.BlockedMoment):
     return jax.tree.map(np.asarray, moment)
   is_node = lambda x: isinstance(x, quantization.QuantizedArray)  # noqa: E731
   leaves, treedef = jax.tree.flatten(moment.tree, is_leaf=is_node)
-  shapes = iter(moment.shapes)
+  shapes = iter((shapes_of or moment).shapes)
   shapes = [next(shapes).shape if moments.is_placeholder(x) else np.shape(x) for x in leaves]
   plan = plan or blocking.Layout(4, None, 50, 2).plan_shapes(shapes)
   int8 = isinstance(moment.stacks[0], quantization.QuantizedArray)
@@ -56,7 +56,7 @@ def as_saved_by_0_1(state, sizes):
     return np.asarray(x)[:n]
 
   saved = {"count": np.asarray(inner.count), "mu": tree_layout(inner.mu),
-           "nu": tree_layout(inner.nu)}
+           "nu": tree_layout(inner.nu, shapes_of=inner.mu)}
   for field, value in inner._asdict().items():
     if field not in saved:
       saved[field] = [group(x, field, n) for x, n in zip(value, sizes)]
@@ -242,7 +242,7 @@ def test_shampoo_state_saved_by_0_3_upgrades(rng, kw):
   assert isinstance(inner.mu, moments.BlockedMoment) and len(inner.mu.stacks) >= 2
   plan = blocking.Layout(kw["block_size"], None, 50, 2).plan(jax.tree.leaves(params))
   saved = [jax.tree.map(np.asarray, inner._replace(
-      mu=tree_layout(inner.mu, plan), nu=tree_layout(inner.nu, plan)))] + [
+      mu=tree_layout(inner.mu, plan), nu=tree_layout(inner.nu, plan, inner.mu)))] + [
       jax.tree.map(np.asarray, s) for s in state[1:]]
   # as orbax restores it without a target: NamedTuples as dicts
   saved[0] = {k: v for k, v in saved[0]._asdict().items()}
