@@ -88,7 +88,7 @@ def state_shardings(
             fields[name] = ()
           elif isinstance(value, moments.BlockedMoment):  # stacks: split as the statistics
             fields[name] = moments.BlockedMoment(
-                jax.tree.map(lambda sharding, m: replicated if moments.is_placeholder(m)
+                jax.tree.map(lambda sharding, m: None if moments.is_placeholder(m)
                              else _moment_sharding(sharding, m), like_params, value.tree),
                 jax.tree.map(lambda _: blocks, value.stacks),
                 jax.tree.map(lambda _: replicated, value.shapes))
@@ -295,9 +295,8 @@ def _shampoo_moments_to_blocks(by_path: dict, prefix: tuple, template: ShampooSt
             dim.shape, dim.dtype)
     for i, (lp, (key, subs)) in enumerate(zip(plan.leaves, found)):
       new_key = prefix + (field, "tree") + param_paths[i]
-      if lp.is_preconditioned:
+      if lp.is_preconditioned:  # None in the tree: nothing saved
         old.append(saved_float(key, subs))
-        by_path[new_key] = np.zeros((), np.int8)
       else:  # kept as saved
         old.append(np.zeros(leaves[i].shape, np.float32))
         for sub in (subs or ((),)):

@@ -157,9 +157,9 @@ class BlockedMoment(NamedTuple):
 
   Attributes:
     tree: the parameters' tree: the moment of each leaf that is not
-      preconditioned, in its shape, and an int8 scalar 0 in place of each
-      that is (a tree of arrays, as Flax's ``nnx.Optimizer`` expects of the
-      parameters' part of a state).
+      preconditioned, in its shape, and ``None`` in place of each that is (no
+      array: a jitted step that does not donate its state copies every array
+      it passes through unchanged).
     stacks: per stack of the block plan, the moment of its blocks,
       ``[rows, *block_shape]`` (padded blocks hold zeros), float or, for an
       int8 first moment, ``quantization.QuantizedArray`` with a scale per row of
@@ -181,12 +181,8 @@ STAND_IN_STACKS = "moment stacks"
 
 
 def _is_node(x) -> bool:
-  return isinstance(x, quantization.QuantizedArray)
-
-
-def _placeholder() -> jax.Array:
-  """What a moment's tree holds for a leaf whose moment is in the stacks."""
-  return jnp.zeros((), jnp.int8)
+  """A leaf of a moment's tree: an array, an int8 one, or None (see ``is_placeholder``)."""
+  return x is None or isinstance(x, quantization.QuantizedArray)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -222,7 +218,7 @@ class BlockedMoments:
 
     def moment(dtype, encode):
       tree = jax.tree.unflatten(treedef, [
-          _placeholder() if lp.is_preconditioned
+          None if lp.is_preconditioned
           else encode(jnp.zeros_like(x, dtype or x.dtype), x)
           for x, lp in zip(leaves, plan.leaves)])
       stacks = tuple(
@@ -267,8 +263,8 @@ class BlockedMoments:
     n = len(old_leaves)
     mu = old_mu._replace(
         tree=jax.tree.unflatten(treedef, [
-            store_mu(x, old, i)
-            for i, (x, old) in enumerate(zip(jax.tree.leaves(mu.tree), old_leaves))]),
+            store_mu(x, old, i) for i, (x, old) in enumerate(
+                zip(jax.tree.leaves(mu.tree, is_leaf=_is_node), old_leaves))]),
         stacks=tuple(store_mu(x, old, n + s)
                      for s, (x, old) in enumerate(zip(mu.stacks, old_mu.stacks))))
     if not self.keeps_nu:
@@ -298,8 +294,7 @@ class BlockedMoments:
 
 def is_placeholder(x) -> bool:
   """Whether a leaf of a moment's tree stands for a leaf kept in the stacks."""
-  return (not isinstance(x, quantization.QuantizedArray) and hasattr(x, "dtype")
-          and not x.shape and jnp.dtype(x.dtype) == jnp.int8)
+  return x is None
 
 
 def stack_dtypes(plan, dtypes: list) -> list:

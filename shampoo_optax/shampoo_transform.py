@@ -333,8 +333,10 @@ def scale_by_shampoo(
     # the parameters' layout.
     diagonal = [i for i, lp in enumerate(plan.leaves) if not lp.is_preconditioned]
     take = lambda xs: [xs[i] for i in diagonal]  # noqa: E731
-    mu_leaves, mu_def = jax.tree.flatten(mu.tree)
-    nu_leaves, nu_def = jax.tree.flatten(nu.tree) if keeps_nu else (None, None)
+    # None stands for a leaf whose moments are in the stacks.
+    flatten = functools.partial(jax.tree.flatten, is_leaf=moments.is_placeholder)
+    mu_leaves, mu_def = flatten(mu.tree)
+    nu_leaves, nu_def = flatten(nu.tree) if keeps_nu else (None, None)
     g = take(leaves)
     m = optax.tree.update_moment(g, take(mu_leaves), b1, 1)
     n = grafting.update_second_moment(graft, g, take(nu_leaves), b2) if keeps_nu else ()

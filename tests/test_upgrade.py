@@ -26,7 +26,7 @@ def tree_layout(moment, plan=None, shapes_of=None):
   preconditioned leaves cut back out of its block stacks)."""
   if not isinstance(moment, moments.BlockedMoment):
     return jax.tree.map(np.asarray, moment)
-  is_node = lambda x: isinstance(x, quantization.QuantizedArray)  # noqa: E731
+  is_node = lambda x: x is None or isinstance(x, quantization.QuantizedArray)  # noqa: E731
   leaves, treedef = jax.tree.flatten(moment.tree, is_leaf=is_node)
   shapes = iter((shapes_of or moment).shapes)
   shapes = [next(shapes).shape if moments.is_placeholder(x) else np.shape(x) for x in leaves]
