@@ -39,7 +39,8 @@ def test_nnx_example():
 
 
 BENCHMARKS = ["lm.py", "cnn.py", "vit.py", "roots.py", "growth.py", "sharding_memory.py",
-              "diagnostics_cost.py", "accelerator.py", "update_cost.py", "scale.py", "zoo.py"]
+              "diagnostics_cost.py", "accelerator.py", "update_cost.py", "scale.py", "zoo.py",
+              "compile_repeat.py"]
 # The two longest (~1.5 and ~1 min alone, ~3 and ~1.2 min beside another test): lm.py's
 # training loop is examples/char_lm.py's (test_main_example), growth.py's claim (one root
 # computation at any depth) is test_transform's test_update_is_batched_over_layers.
