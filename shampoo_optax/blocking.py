@@ -555,38 +555,6 @@ def _pad_to(blocks: jax.Array, block_shape: tuple[int, ...]) -> jax.Array:
   return jnp.pad(blocks, [(0, 0)] + [(0, b - d) for d, b in zip(blocks.shape[1:], block_shape)])
 
 
-def block_norms(plan: Plan, leaves: list[jax.Array]) -> list[jax.Array]:
-  """Per stack, float32 ``[size]``: the Frobenius norm of each block, computed
-  from parameter-shaped arrays in place (a reshape and a reduction, no cut)."""
-  out = []
-  for stack in plan.stacks:
-    parts = []
-    for c, j in stack.members:
-      piece = plan.class_plan(c).pieces[j]
-      # Leaf by leaf, not on the class stacked first: the leaves of one shape
-      # then share one kernel, and no stacked copy of them is written.
-      parts.extend(_block_sums_of_squares(leaves[i], plan.leaves[i].merged_shape, piece)
-                   for i in plan.classes[c])
-    out.append(jnp.sqrt(parts[0] if len(parts) == 1 else jnp.concatenate(parts)))
-  return out
-
-
-def _block_sums_of_squares(x: jax.Array, merged: tuple[int, ...], piece: Piece) -> jax.Array:
-  """``[num_blocks]``: the sum of squares of each block of ``piece`` of ``x``."""
-  x = x.reshape(merged).astype(jnp.float32)
-  limit = [s + g * b for s, g, b in zip(piece.start, piece.grid, piece.block_shape)]
-  region = jax.lax.slice(x, piece.start, limit)
-  # [g0, b0, g1, b1, ...] without the grid axes of size 1: a block that is a
-  # contiguous run of memory is then summed in place, not copied first.
-  shape, within = [], []
-  for g, b in zip(piece.grid, piece.block_shape):
-    if g > 1:
-      shape.append(g)
-    within.append(len(shape))
-    shape.append(b)
-  return jnp.sum(jnp.square(region.reshape(shape)), axis=tuple(within)).reshape(-1)
-
-
 def runtime_offsets(offsets: list[int], count: jax.Array) -> tuple[jax.Array, ...]:
   """``offsets`` as int32 scalars that XLA computes at run time, each in its own buffer.
 

@@ -254,12 +254,16 @@ class Core:
       # Stored stacks have padding rows for the block axis (moment_rows): apply
       # runs on stacks of that many rows, split over the block axis as they
       # are, the padding blocks zero.
+      # A stack of blocks the block axis does not divide is replicated before
+      # it is padded: split unevenly, XLA's partitioner would replicate it
+      # anyway, with a warning (benchmarks/README.md, "moments in block
+      # layout, landed").
       rows = [x.shape[0] for x in next(iter(carried.values()))]
-      blocks = {name: [_pad_rows(x, n, block_sharding) for x, n in zip(stacks, rows)]
-                for name, stacks in blocks.items()}
+      uneven = lambda x, n: block_sharding.replicate(x) if x.shape[0] != n else x  # noqa: E731
+      blocks = {name: [block_sharding.place(_pad_rows(uneven(x, n), n))
+                       for x, n in zip(stacks, rows)] for name, stacks in blocks.items()}
       blocks.update(carried)
-      preconditioners = [[(axis, _pad_rows(m, n, block_sharding, replicate=False))
-                          for axis, m in per_axis]
+      preconditioners = [[(axis, _pad_rows(m, n)) for axis, m in per_axis]
                          for per_axis, n in zip(preconditioners, rows)]
     outputs = variant.apply(plan, blocks, preconditioners, scalars)
     if not variant.refresh_first:
@@ -276,18 +280,11 @@ class Core:
     return leaves, ((stats, precond, errors, failures), carried)
 
 
-def _pad_rows(x: jax.Array, rows: int, block_sharding, replicate: bool = True) -> jax.Array:
-  """``x`` with zero rows appended up to ``rows``, split over the block axis.
-
-  A stack of a number of rows the block axis does not divide is replicated
-  before it is padded: split unevenly, XLA's partitioner would replicate it
-  anyway, with a warning (and split evenly, its own propagation could ask
-  for that).
-  """
-  if x.shape[0] != rows:
-    x = block_sharding.replicate(x) if replicate else x
-    x = jnp.pad(x, [(0, rows - x.shape[0])] + [(0, 0)] * (x.ndim - 1))
-  return block_sharding.place(x) if replicate else x
+def _pad_rows(x: jax.Array, rows: int) -> jax.Array:
+  """``x`` with zero rows appended up to ``rows``."""
+  if x.shape[0] == rows:
+    return x
+  return jnp.pad(x, [(0, rows - x.shape[0])] + [(0, 0)] * (x.ndim - 1))
 
 
 @dataclasses.dataclass(frozen=True)

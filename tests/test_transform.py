@@ -268,17 +268,27 @@ def test_block_statistics_and_products_along_every_axis(rng, shape):
                                  err_msg=f"transpose={transpose}, factors={used}")
 
 
-def test_block_norms_and_scaled_blocks_without_cutting(rng):
-  """Block norms read in place, and per-block scales applied while putting
-  blocks back, agree with cutting the blocks out (remainder pieces, 3-D and
-  4-D blocks, two leaves of one shape sharing a stack)."""
+def test_leaf_norms_and_scaled_blocks_without_cutting(rng):
+  """Each block's whole-parameter norm summed from the stacks (a parameter's
+  remainder pieces lie in other stacks; padding rows get 0), and per-block
+  scales applied while putting blocks back, agree with the parameters
+  (remainder pieces, 3-D and 4-D blocks, two leaves of one shape sharing a
+  stack)."""
+  from shampoo_optax.shampoo_transform import _leaf_norms_per_block  # noqa: PLC0415
+
   shapes = ((7, 5), (9, 4, 6), (130, 3, 70), (2, 3, 4, 5), (7, 5))
   xs = [jnp.asarray(rng.standard_normal(s), jnp.float32) for s in shapes]
   plan = blocking.make_plan(shapes, block_size=4, max_merged_dim=4,
                             skip_preconditioning_dim_size_gt=100, exponent_override=None)
   stacks = blocking.to_stacks(plan, xs)
-  for norms, blocks in zip(blocking.block_norms(plan, xs), stacks):
-    want = np.sqrt(np.sum(np.square(np.asarray(blocks)), axis=tuple(range(1, blocks.ndim))))
+  padded = [jnp.concatenate([x, jnp.zeros((1, *x.shape[1:]), x.dtype)]) for x in stacks]
+  assert len(stacks) > 1
+  for s, norms in enumerate(_leaf_norms_per_block(plan, padded)):
+    want = np.zeros(padded[s].shape[0], np.float32)
+    for t, first, leaf, piece in plan.block_slices():
+      n = plan.leaves[leaf].pieces[piece].num_blocks
+      if t == s:
+        want[first:first + n] = np.linalg.norm(np.asarray(xs[leaf]))
     np.testing.assert_allclose(norms, want, rtol=1e-5)
   scales = [jnp.asarray(rng.uniform(size=b.shape[0]), jnp.float32) for b in stacks]
   got = blocking.from_stacks(plan, stacks, scales)
