@@ -7,6 +7,7 @@ from shampoo_optax.alias import shampoo, soap
 from shampoo_optax.checkpointing import abstract_state, state_shardings, upgrade_state
 from shampoo_optax.diagnostics import diagnostics
 from shampoo_optax.matrix_functions import matrix_inverse_pth_root
+from shampoo_optax.moments import BlockedMoment, LeafShape
 from shampoo_optax.shampoo_transform import STATIC_ARGS, ShampooState, scale_by_shampoo
 from shampoo_optax.soap_transform import STATIC_ARGS as SOAP_STATIC_ARGS
 from shampoo_optax.soap_transform import SoapState, scale_by_soap
@@ -14,6 +15,8 @@ from shampoo_optax.soap_transform import SoapState, scale_by_soap
 __version__ = "0.4.0"
 
 __all__ = (
+    "BlockedMoment",
+    "LeafShape",
     "SOAP_STATIC_ARGS",
     "STATIC_ARGS",
     "ShampooState",

@@ -87,7 +87,7 @@ class ShampooState(NamedTuple):
 
   Attributes:
     count: int32 ``[]``, the number of updates applied.
-    mu: first moment, a ``moments.BlockedMoment``: in the parameters' tree and
+    mu: first moment, a :class:`shampoo_optax.BlockedMoment`: in the parameters' tree and
       shapes for the leaves that are not preconditioned, in stacks of blocks
       ``[rows, *block_shape]`` for the others; dtype ``mu_dtype`` or the
       parameters' (the widest of a stack's; with int8,
