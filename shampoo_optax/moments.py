@@ -233,10 +233,17 @@ class BlockedMoments:
     return mu, nu
 
   def _encode_mu(self, x, like):
-    """``x`` in the first moment's stored form (``like``: its leaf; None: a stack)."""
+    """``x`` in the first moment's stored form (``like``: its leaf; None: a stack).
+
+    An int8 first moment is int8 in the stacks and bfloat16 in the tree: the
+    parameters the tree holds are vectors, scalars and the rare matrix that
+    is not preconditioned, and a ``QuantizedArray`` there does not survive
+    Flax's ``nnx.Optimizer`` (it stores each parameter-shaped leaf of a state
+    in a Variable, and gives a NamedTuple inside one back as a dict).
+    """
     if not self.dtypes.quantized_mu:
       return x
-    if like is None or jnp.ndim(like) >= 2:
+    if like is None:
       return quantization.quantize_rows(x)
     return x.astype(jnp.bfloat16)
 

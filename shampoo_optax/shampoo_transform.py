@@ -223,8 +223,8 @@ def scale_by_shampoo(
     max_root_error: a computed root whose error estimate exceeds this is
       rejected and the previous root kept.
     mu_dtype: dtype of the first moment; ``None`` keeps the parameters'
-      (int8 with ``statistics_dtype='int8'``). ``'int8'``: parameters of rank
-      >= 2 keep it as int8 with a float32 scale per row of the last axis,
+      (int8 with ``statistics_dtype='int8'``). ``'int8'``: the preconditioned
+      parameters keep it as int8 with a float32 scale per row of each block,
       rounded stochastically (``quantization.QuantizedArray``), the others as
       bfloat16.
     statistics_dtype: storage of the inverse roots, ``'float32'``,

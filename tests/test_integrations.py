@@ -121,6 +121,35 @@ def test_orbax_resume_is_bit_exact(rng, tmp_path):
   jax.tree.map(np.testing.assert_array_equal, straight, resumed)
 
 
+def test_nnx_optimizer_with_int8_state():
+  """int8 storage under nnx.Optimizer, with a matrix that is not preconditioned
+  ((1, 16) merges into a vector): nnx keeps each parameter-shaped leaf of the
+  state in a Variable and gives a NamedTuple inside one back as a dict, which
+  broke 0.3's int8 first moments (QuantizedArray per matrix) on the second step."""
+
+  class Scaled(nnx.Module):
+    def __init__(self, rngs):
+      self.a = nnx.Linear(8, 16, rngs=rngs)
+      self.s = nnx.Param(jnp.ones((1, 16)))
+
+    def __call__(self, x):
+      return self.a(x) * self.s[...]
+
+  model = Scaled(nnx.Rngs(0))
+  optimizer = nnx.Optimizer(
+      model, shampoo_optax.shampoo(1e-2, statistics_dtype="int8", block_size=8), wrt=nnx.Param)
+
+  @nnx.jit
+  def step(model, optimizer, x):
+    loss, grads = nnx.value_and_grad(lambda m: jnp.mean(m(x) ** 2))(model)
+    optimizer.update(model, grads)
+    return loss
+
+  x = jnp.ones((4, 8))
+  losses = [float(step(model, optimizer, x)) for _ in range(4)]
+  assert all(np.isfinite(losses)) and losses[-1] < losses[0], losses
+
+
 @pytest.mark.parametrize("model_dtype", [jnp.float32, jnp.bfloat16])
 def test_nnx_state_is_arrays_only(model_dtype):
   model = nnx.Linear(8, 8, rngs=nnx.Rngs(0), param_dtype=model_dtype)
