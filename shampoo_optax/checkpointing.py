@@ -293,12 +293,18 @@ def _shampoo_moments_to_blocks(by_path: dict, prefix: tuple, template: ShampooSt
       for d, dim in enumerate(shape.dims):
         by_path[prefix + (field, "shapes", str(j), "dims", str(d))] = np.zeros(
             dim.shape, dim.dtype)
-    for i, (lp, (key, subs)) in enumerate(zip(plan.leaves, found)):
+    likes = jax.tree.leaves(moment.tree, is_leaf=lambda x: x is None or isinstance(
+        x, quantization.QuantizedArray))
+    for i, (lp, (key, subs), like) in enumerate(zip(plan.leaves, found, likes)):
       new_key = prefix + (field, "tree") + param_paths[i]
       if lp.is_preconditioned:  # None in the tree: nothing saved
         old.append(saved_float(key, subs))
+        continue
+      old.append(np.zeros(leaves[i].shape, np.float32))
+      if subs and not isinstance(like, quantization.QuantizedArray):
+        # 0.3's int8 first moment of a matrix not preconditioned: bfloat16 now
+        by_path[new_key] = saved_float(key, subs).astype(like.dtype)
       else:  # kept as saved
-        old.append(np.zeros(leaves[i].shape, np.float32))
         for sub in (subs or ((),)):
           by_path[new_key + sub] = by_path.pop(key + sub)
     stacks = blocking.to_stacks(plan, [jax.numpy.asarray(x) for x in old], np.float32)

@@ -38,8 +38,13 @@ def tree_layout(moment, plan=None, shapes_of=None):
   def saved(b):  # as 0.3 stored it: int8 per row of the leaf's last axis
     b = quantization.quantize_rows(b) if int8 else b.astype(stacks[0].dtype)
     return jax.tree.map(np.asarray, b)
+
+  def saved_tree_leaf(x):  # 0.3 kept int8 first moments of every matrix, preconditioned or not
+    if int8 and np.ndim(x) >= 2:
+      return saved(jnp.asarray(x, jnp.float32))
+    return jax.tree.map(np.asarray, x)
   return jax.tree.unflatten(treedef, [
-      saved(b) if moments.is_placeholder(x) else jax.tree.map(np.asarray, x)
+      saved(b) if moments.is_placeholder(x) else saved_tree_leaf(x)
       for x, b in zip(leaves, blocked)])
 
 
@@ -214,7 +219,7 @@ def test_soap_state_in_its_own_size_slots_upgrades(rng, monkeypatch, statistics_
 
 # A 40 x 24 weight in four blocks (two stacks), a convolution merged into a
 # matrix, a bias (tree layout) and a dimension over skip_preconditioning_dim_size_gt.
-SHAMPOO_SHAPES = {"w": (40, 24), "conv": (3, 3, 4, 8), "b": (24,), "e": (60, 6)}
+SHAMPOO_SHAPES = {"w": (40, 24), "conv": (3, 3, 4, 8), "b": (24,), "e": (60, 6), "s": (1, 24)}
 
 
 @pytest.mark.parametrize("kw", [
@@ -257,6 +262,10 @@ def test_shampoo_state_saved_by_0_3_upgrades(rng, kw):
     got = quantization.dequantize_rows(upgraded[0].mu.stacks[0])
     want = quantization.dequantize_rows(inner.mu.stacks[0])
     np.testing.assert_allclose(got, want, atol=1.01 * float(jnp.max(jnp.abs(want))) / 127)
+    # "s" (a matrix merged into a vector, not preconditioned): int8 in 0.3, bfloat16 now
+    assert upgraded[0].mu.tree["s"].dtype == jnp.bfloat16
+    np.testing.assert_allclose(upgraded[0].mu.tree["s"], inner.mu.tree["s"],
+                               atol=float(jnp.max(jnp.abs(inner.mu.tree["s"]))) / 100)
     return
   a, _ = update(grads[3], upgraded, params)
   b, _ = update(grads[3], state, params)
