@@ -266,7 +266,8 @@ def _shampoo_moments_to_blocks(by_path: dict, prefix: tuple, template: ShampooSt
   param_paths = [_plain_path(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
   leaves = jax.tree.leaves(params)
   fields = [f for f in ("mu", "nu") if isinstance(getattr(template, f), moments.BlockedMoment)]
-  if not fields or any(k[:len(prefix) + 2] == prefix + (fields[0], "stacks") for k in by_path):
+  if not fields or any(k[:len(prefix) + 2] in {prefix + (fields[0], "tree"),
+                                               prefix + (fields[0], "stacks")} for k in by_path):
     return  # block layout already (or nothing saved in it)
 
   def saved_keys(field, i):

@@ -277,6 +277,22 @@ def test_shampoo_state_saved_by_0_3_upgrades(rng, kw):
     np.testing.assert_array_equal(got, want)
 
 
+def test_shampoo_state_without_stacks_upgrades():
+  """Parameters Shampoo does not precondition (vectors) have no stacks: a 0.3
+  state and a 0.4 one both come back as the 0.4 state."""
+  params = {"b": jnp.arange(3.0), "c": jnp.ones(5)}
+  tx = shampoo_optax.shampoo(1e-2)
+  state = tx.init(params)
+  _, state = tx.update(params, state, params)
+  assert state[0].mu.stacks == ()
+  saved_0_3 = [state[0]._replace(mu=state[0].mu.tree, nu=state[0].nu.tree)] + list(state[1:])
+  for saved in (saved_0_3, state):
+    upgraded = shampoo_optax.upgrade_state(jax.tree.map(np.asarray, saved), tx, params)
+    assert jax.tree.structure(upgraded) == jax.tree.structure(state)
+    for got, want in zip(jax.tree.leaves(upgraded), jax.tree.leaves(state)):
+      np.testing.assert_array_equal(got, want)
+
+
 def test_shampoo_state_of_an_unknown_layout_is_an_error():
   """When no block layout (or several) fits, the error says what to pass."""
   params = {"w": jnp.ones((40, 24))}
