@@ -289,7 +289,7 @@ def _shampoo_moments_to_blocks(by_path: dict, prefix: tuple, template: ShampooSt
   for field in fields:
     moment = getattr(template, field)
     found = [saved_keys(field, i) for i in range(len(leaves))]
-    old = []  # the preconditioned leaves' moments, as float32; zeros for the others
+    old = []  # the preconditioned leaves' moments, as float32 (None: not cut)
     for j, shape in enumerate(moment.shapes):
       for d, dim in enumerate(shape.dims):
         by_path[prefix + (field, "shapes", str(j), "dims", str(d))] = np.zeros(
@@ -301,14 +301,15 @@ def _shampoo_moments_to_blocks(by_path: dict, prefix: tuple, template: ShampooSt
       if lp.is_preconditioned:  # None in the tree: nothing saved
         old.append(saved_float(key, subs))
         continue
-      old.append(np.zeros(leaves[i].shape, np.float32))
+      old.append(None)
       if subs and not isinstance(like, quantization.QuantizedArray):
         # 0.3's int8 first moment of a matrix not preconditioned: bfloat16 now
         by_path[new_key] = saved_float(key, subs).astype(like.dtype)
       else:  # kept as saved
         for sub in (subs or ((),)):
           by_path[new_key + sub] = by_path.pop(key + sub)
-    stacks = blocking.to_stacks(plan, [jax.numpy.asarray(x) for x in old], np.float32)
+    stacks = blocking.to_stacks(plan, [None if x is None else jax.numpy.asarray(x)
+                                       for x in old], np.float32)
     for s, (x, like) in enumerate(zip(stacks, moment.stacks)):
       key = prefix + (field, "stacks", str(s))
       rows = jax.tree.leaves(like)[0].shape[0]

@@ -122,9 +122,7 @@ class Schedule:
 STAND_IN_GROUPS = "factor matrices"
 
 
-def is_params_stand_in(params) -> bool:
-  """Whether ``params`` is the leafless stand-in of ``optax.tree.map_params``."""
-  return not jax.tree.leaves(params) and type(params).__name__ == "_ParamsPlaceholder"
+is_params_stand_in = moments.is_params_stand_in
 
 
 def init(plan: blocking.Plan, codec: quantization.Codec, precond_codec: quantization.Codec,

@@ -207,7 +207,7 @@ class BlockedMoments:
     """Zero moments for ``params``: tree layout for the leaves ``plan`` does not
     precondition, stacks of ``rows[s]`` blocks (placed with ``place``) for the others."""
     leaves, treedef = jax.tree.flatten(params)
-    if not leaves and type(params).__name__ == "_ParamsPlaceholder":
+    if is_params_stand_in(params):
       # optax.tree.map_params' stand-in: the tree is the parameters' part.
       tree_mu, tree_nu = self.dtypes.init(params)
       return (BlockedMoment(tree_mu, STAND_IN_STACKS, STAND_IN_STACKS),
@@ -297,6 +297,11 @@ class BlockedMoments:
       return jax.ShapeDtypeStruct(next(shapes).shape if is_placeholder(m) else jnp.shape(m),
                                   jnp.float32)
     return jax.tree.map(shape, mu.tree, is_leaf=_is_node)
+
+
+def is_params_stand_in(params) -> bool:
+  """Whether ``params`` is the leafless stand-in of ``optax.tree.map_params``."""
+  return not jax.tree.leaves(params) and type(params).__name__ == "_ParamsPlaceholder"
 
 
 def is_placeholder(x) -> bool:
