@@ -33,14 +33,12 @@ def bias_correction(moment: optax.Updates, decay, count: jax.Array) -> optax.Upd
 def debiased_first_moment(mu: optax.Updates, grads: optax.Updates, b1, count: jax.Array,
                           nesterov: bool) -> optax.Updates:
   """Adam's ``mu_hat`` (``mu`` already updated with ``grads``), or optax.adam's
-  Nesterov variant ``b1 mu / (1 - b1^(t+1)) + (1 - b1) g / (1 - b1^t)``."""
-  if nesterov:
-    return jax.tree.map(
-        lambda m, g: b1 * m + (1 - b1) * g,
-        bias_correction(mu, b1, optax.safe_increment(count)),
-        bias_correction(grads, b1, count),
-    )
-  return bias_correction(mu, b1, count)
+  Nesterov variant ``b1 mu / (1 - b1^(t+1)) + (1 - b1) g / (1 - b1^t)``, in
+  each leaf's dtype."""
+  a, b = first_moment_coefficients(b1, count, nesterov)
+  if b is None:
+    return jax.tree.map(lambda m: a.astype(m.dtype) * m, mu)
+  return jax.tree.map(lambda m, g: a.astype(m.dtype) * m + b.astype(g.dtype) * g, mu, grads)
 
 
 def first_moment_coefficients(b1, count: jax.Array, nesterov: bool):

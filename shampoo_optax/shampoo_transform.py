@@ -322,7 +322,8 @@ def scale_by_shampoo(
       compute=functools.partial(
           _inverse_roots, method=root_method, matrix_eps=matrix_eps,
           max_root_error=max_root_error, pseudo_inverse_rtol=pseudo_inverse_rtol),
-      apply=functools.partial(_precondition_and_graft, graft=graft, orthogonalize=orthogonalize),
+      apply=functools.partial(_precondition_and_graft, graft=graft, nesterov=nesterov,
+                              orthogonalize=orthogonalize),
       outputs=("step", "diagonal"), refresh_first=True,
       carried=("mu", "nu") if keeps_nu else ("mu",))
 
@@ -350,16 +351,12 @@ def scale_by_shampoo(
     out = {}
     if plan.stacks:
       # The others in block layout, where their moments are kept: one pass.
-      a, b = moments.first_moment_coefficients(b1, count, nesterov)
-      scalars = {"b1": b1, "b2": b2, "eps": eps, "mu_hat_a": a,
-                 "nu_hat": _second_moment_correction(b2, count),
+      scalars = {"b1": b1, "b2": b2, "eps": eps, "count": count,
                  # Until start_preconditioning_step the step is the grafting
                  # method's. The switch is arithmetic, not jnp.where: exact for
                  # finite values, and XLA:CPU unswitches every loop on a
                  # scalar where (benchmarks/README.md, "the per-leaf switch").
                  "on": (count > start_preconditioning_step).astype(jnp.float32)}
-      if b is not None:
-        scalars["mu_hat_b"] = b
       carried = {"mu": mu.stacks, "nu": nu.stacks} if keeps_nu else {"mu": mu.stacks}
       out, groups = shampoo_core.block_step(plan, {"grads": leaves}, groups, count, scalars,
                                             variant, like=grads, carried=carried)
@@ -378,77 +375,47 @@ def scale_by_shampoo(
   return shampoo_core.transformation(ShampooState, step_fn)
 
 
-def _second_moment_correction(b2, count: jax.Array) -> jax.Array:
-  """``1 / (1 - b2^t)``, Adam's bias correction of the second moment (1 for
-  plain sums, ``b2 = 1``)."""
-  b2 = jnp.asarray(b2, jnp.float32)
-  return 1 / (1 - jnp.power(jnp.where(b2 == 1, 0.0, b2), count.astype(jnp.float32)))
-
-
-def _precondition_and_graft(plan, blocks, roots, scalars, *, graft, orthogonalize=False):
+def _precondition_and_graft(plan, blocks, roots, scalars, *, graft, nesterov,
+                            orthogonalize=False):
   """Per stack: the moments, the grafting method's step, and
   ``L^(-1/p) mu_hat R^(-1/p)`` rescaled per block to that step's norm.
 
   The two steps (``"step"`` from ``start_preconditioning_step`` on, the
   grafting method's ``"diagonal"`` before it) come back with a factor per
   block, 1 or 0, applied as each parameter's slice is put back
-  (``blocking.from_stacks``), and are added there. The formulas are
-  ``grafting.py``'s, on blocks: zero padding stays zero, and a coordinate
-  whose gradients were all zero has a zero step for any ``eps``.
+  (``blocking.from_stacks``), and are added there. The moments and the
+  grafting method's step are ``grafting.py``'s and ``moments.py``'s, the
+  same functions as in the parameters' layout, here on lists of stacks: zero
+  padding stays zero.
   """
-  b1, b2, eps, on = (scalars[k] for k in ("b1", "b2", "eps", "on"))
-  a, b = scalars["mu_hat_a"], scalars.get("mu_hat_b")
+  b1, b2, eps, count, on = (scalars[k] for k in ("b1", "b2", "eps", "count", "on"))
   grads = blocks["grads"]
-  norms = (_leaf_norms_per_block(plan, grads) if graft == "rmsprop_normalized"
-           else [None] * len(grads))
-  out = {"step": ([], []), "diagonal": ([], []), "mu": [], "nu": []}
-  mus = []
-  for s, g in enumerate(grads):
-    m = (1 - b1) * g + b1 * blocks["mu"][s]
-    mus.append(m)
-    out["mu"].append(m)
-    if "nu" in blocks:
-      n = blocks["nu"][s]
-      if graft == "adagrad":
-        n = n + jnp.square(g)
-      else:
-        gn = g if norms[s] is None else g / _per_block(norms[s], g)
-        n = moments.moment_weight(b2) * jnp.square(gn) + b2 * n
-      out["nu"].append(n)
-  mu_hat = [a * m if b is None else a * m + b * g for m, g in zip(mus, grads)]
-  hat_norms = (_leaf_norms_per_block(plan, mu_hat) if graft == "rmsprop_normalized"
-               else [None] * len(grads))
-  for s, (m, g) in enumerate(zip(mus, grads)):
-    n = out["nu"][s] if out["nu"] else None
-    d = _diagonal_direction(graft, mu_hat[s], n, scalars["nu_hat"], eps, hat_norms[s])
-    # mu_hat = a mu (+ b g with Nesterov). Grafting rescales each block, so
-    # without Nesterov the common factor a is applied only without a graft.
-    x = mu_hat[s] if b is not None or graft == "none" else m
+  normalized = graft == "rmsprop_normalized"
+  mu = optax.tree.update_moment(grads, list(blocks["mu"]), b1, 1)
+  nu = (grafting.update_second_moment(
+      graft, grads, list(blocks["nu"]), b2,
+      norms=_leaf_norms_per_block(plan, grads) if normalized else None)
+        if "nu" in blocks else [])
+  mu_hat = moments.debiased_first_moment(mu, grads, b1, count, nesterov)
+  diagonal = grafting.direction(
+      graft, mu_hat, nu, count, b2, eps,
+      norms=_leaf_norms_per_block(plan, mu_hat) if normalized else None)
+  out = {"step": ([], []), "diagonal": (diagonal, []), "mu": mu}
+  if nu:
+    out["nu"] = nu
+  for s, d in enumerate(diagonal):
+    # Grafting rescales each block, so without Nesterov mu_hat's common factor
+    # 1 / (1 - b1^t) is applied only without a graft: mu is preconditioned.
+    x = mu_hat[s] if nesterov or graft == "none" else mu[s]
     x = core.along_axes(x, roots[s], transpose=True)
     if orthogonalize:
       x = core.orthogonalize_blocks(x)
-    ones = jnp.ones(g.shape[:1], jnp.float32)
+    ones = jnp.ones(d.shape[:1], jnp.float32)
     scale = ones if graft == "none" else _graft_scale(x, _norms(d))
     out["step"][0].append(x)
     out["step"][1].append(scale * on)
-    out["diagonal"][0].append(d)
     out["diagonal"][1].append(ones * (1 - on))
-  if not out["nu"]:
-    del out["nu"]
   return out
-
-
-def _diagonal_direction(graft, mu_hat, nu, nu_hat, eps, mu_hat_norm):
-  """``grafting.direction`` on blocks (``nu_hat``: Adam's bias correction)."""
-  def over(x, den):  # x / den, 0 where den is 0 (then x is 0 too: no gradient yet)
-    return x / jnp.where(den > 0, den, 1)
-  if graft == "adam":
-    return over(mu_hat, jnp.sqrt(nu * nu_hat) + eps)
-  if graft in ("rmsprop", "adagrad"):
-    return over(mu_hat, jnp.sqrt(nu + eps))
-  if graft == "rmsprop_normalized":
-    return over(mu_hat / _per_block(mu_hat_norm, mu_hat), jnp.sqrt(nu + eps))
-  return mu_hat
 
 
 def _norms(x: jax.Array) -> jax.Array:
@@ -456,16 +423,11 @@ def _norms(x: jax.Array) -> jax.Array:
   return jnp.sqrt(jnp.sum(jnp.square(x), axis=tuple(range(1, x.ndim))))
 
 
-def _per_block(values: jax.Array, like: jax.Array) -> jax.Array:
-  """``[n]`` values broadcast against blocks ``[n, ...]``; zeros read as ones."""
-  values = jnp.where(values > 0, values, 1)
-  return values.reshape(values.shape + (1,) * (like.ndim - 1))
-
-
 def _leaf_norms_per_block(plan, stacks: list[jax.Array]) -> list[jax.Array]:
-  """Per stack, ``[n]``: the norm of the whole parameter each block belongs to
-  (0 for padding rows). Static slices and sums of the blocks' norms: a
-  parameter's blocks may lie in several stacks."""
+  """Per stack, ``[n, 1, ...]`` (broadcast against its blocks): the norm of
+  the whole parameter each block belongs to (0 for padding rows). Static
+  slices and sums of the blocks' norms: a parameter's blocks may lie in
+  several stacks."""
   squares = [jnp.square(_norms(x)) for x in stacks]
   slices = plan.block_slices()
   totals: dict[int, jax.Array] = {}
@@ -480,14 +442,14 @@ def _leaf_norms_per_block(plan, stacks: list[jax.Array]) -> list[jax.Array]:
              for t, _, leaf, piece in slices if t == s]
     padding = x.shape[0] - plan.stacks[s].size  # rows for the block axis
     parts += [jnp.zeros((padding,), jnp.float32)] if padding else []
-    out.append(jnp.concatenate(parts) if len(parts) > 1 else parts[0])
+    norms = jnp.concatenate(parts) if len(parts) > 1 else parts[0]
+    out.append(norms.reshape(norms.shape + (1,) * (x.ndim - 1)))
   return out
 
 
 def _graft_scale(direction: jax.Array, target_norm: jax.Array) -> jax.Array:
   """``[n]``: what rescales each block of ``direction`` to ``target_norm``."""
-  norm = jnp.sqrt(jnp.sum(jnp.square(direction), axis=tuple(range(1, direction.ndim))))
-  return jnp.where(norm > 0, target_norm / jnp.where(norm > 0, norm, 1), 0)
+  return grafting.safe_divide(target_norm, _norms(direction))
 
 
 def _inverse_roots(stats, old_roots, own, p, count, *, method, matrix_eps, max_root_error,

@@ -284,6 +284,8 @@ def test_leaf_norms_and_scaled_blocks_without_cutting(rng):
   padded = [jnp.concatenate([x, jnp.zeros((1, *x.shape[1:]), x.dtype)]) for x in stacks]
   assert len(stacks) > 1
   for s, norms in enumerate(_leaf_norms_per_block(plan, padded)):
+    assert norms.shape == padded[s].shape[:1] + (1,) * (padded[s].ndim - 1)  # broadcasts
+    norms = norms.reshape(-1)
     want = np.zeros(padded[s].shape[0], np.float32)
     for t, first, leaf, piece in plan.block_slices():
       n = plan.leaves[leaf].pieces[piece].num_blocks
@@ -370,6 +372,27 @@ def test_zero_gradients_give_finite_updates():
     for leaf in jax.tree.leaves(u):
       np.testing.assert_array_equal(leaf, 0.0)
   assert all(int(f.sum()) == 0 for f in state.root_failures)
+
+
+@pytest.mark.parametrize("graft", ["adam", "rmsprop", "rmsprop_normalized", "adagrad"])
+def test_eps_zero_gives_a_zero_step_where_no_gradient_came(rng, graft):
+  """With ``eps=0`` a coordinate that has had no gradient divides 0 by 0: its
+  step is 0, not NaN, in the parameters' layout (the vector, and every leaf
+  before preconditioning starts) and in block layout (the matrix's column)."""
+  mask = {"w": np.ones((6, 5), np.float32), "b": np.ones(7, np.float32)}
+  mask["w"][:, 2] = 0
+  mask["b"][3] = 0
+  grads_seq = [{k: jnp.asarray(rng.standard_normal(m.shape) * m, jnp.float32)
+                for k, m in mask.items()} for _ in range(4)]
+  tx = shampoo_optax.scale_by_shampoo(block_size=4, eps=0.0, graft=graft,
+                                      precondition_every=1, start_preconditioning_step=2)
+  ups, _ = run_updates(tx, jax.tree.map(jnp.ones_like, grads_seq[0]), grads_seq)
+  for t, u in enumerate(ups):
+    for k, m in mask.items():
+      assert np.all(np.isfinite(u[k])), (t, k)
+      if t < 2 or k == "b":  # the grafting method's own step
+        np.testing.assert_array_equal(u[k][m == 0], 0.0)
+        assert np.all(u[k][m == 1] != 0)
 
 
 @pytest.mark.parametrize(
