@@ -118,6 +118,47 @@ class Core:
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
+  def step_with_blocked_moments(self, grads, mu, nu, groups: tuple, count: jax.Array, *,
+                                tree_step: Callable, scalars: dict[str, Any],
+                                variant: Variant):
+    """One step with the moments in block layout (``moments.BlockedMoment``):
+    ``(step, mu, nu, groups)``.
+
+    The leaves the plan does not precondition take ``tree_step(grads, mu, nu)
+    -> (step, mu, nu)`` on lists of leaves in the parameters' layout (``nu``
+    is ``()`` when ``'nu'`` is not in ``variant.carried``). The others take
+    ``variant`` in one :meth:`block_step`, with the moments' stacks carried;
+    their step is the sum of the variant's outputs.
+    """
+    plan = self.plan(grads)
+    leaves, treedef = jax.tree.flatten(grads)
+    keeps_nu = "nu" in variant.carried
+    # None stands for a leaf whose moments are in the stacks.
+    flatten = functools.partial(jax.tree.flatten, is_leaf=moments.is_placeholder)
+    mu_leaves, mu_def = flatten(mu.tree)
+    nu_leaves, nu_def = flatten(nu.tree) if keeps_nu else (None, None)
+    diagonal = [i for i, lp in enumerate(plan.leaves) if not lp.is_preconditioned]
+    take = lambda xs: [xs[i] for i in diagonal]  # noqa: E731
+    step, m, n = tree_step(take(leaves), take(mu_leaves), take(nu_leaves) if keeps_nu else ())
+    step_leaves = [None] * len(leaves)
+    for i, step_i, m_i in zip(diagonal, step, m):
+      step_leaves[i], mu_leaves[i] = step_i, m_i
+    for i, n_i in zip(diagonal, n):
+      nu_leaves[i] = n_i
+    out = {}
+    if plan.stacks:
+      carried = {"mu": mu.stacks, "nu": nu.stacks} if keeps_nu else {"mu": mu.stacks}
+      out, groups = self.block_step(plan, {"grads": leaves}, groups, count, scalars, variant,
+                                    like=grads, carried=carried)
+      summed = [functools.reduce(jnp.add, parts)
+                for parts in zip(*(out[name] for name in variant.outputs))]
+      step_leaves = merge_preconditioned(plan, step_leaves, summed)
+    mu = mu._replace(tree=jax.tree.unflatten(mu_def, mu_leaves), stacks=out.get("mu", mu.stacks))
+    if keeps_nu:
+      nu = nu._replace(tree=jax.tree.unflatten(nu_def, nu_leaves),
+                       stacks=out.get("nu", nu.stacks))
+    return jax.tree.unflatten(treedef, step_leaves), mu, nu, groups
+
   def moment_rows(self, plan: blocking.Plan) -> list[int]:
     """Rows of each stack of moments kept in block layout: its blocks, rounded
     up to a multiple of the block axis' devices, or, with local blocks, every

@@ -28,6 +28,8 @@ gradient yet.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -52,8 +54,12 @@ def safe_divide(x: jax.typing.ArrayLike, den: jax.typing.ArrayLike) -> jax.Array
 
 
 def leaf_norms(tree: optax.Updates) -> optax.Updates:
-  """Each leaf's Frobenius norm, the default ``norms`` of the functions below."""
+  """Each leaf's Frobenius norm: what ``'rmsprop_normalized'`` normalizes a
+  parameter by (the default ``norms`` of the functions below)."""
   return jax.tree.map(jnp.linalg.norm, tree)
+
+
+Norms = Callable[[optax.Updates], optax.Updates]
 
 
 def update_second_moment(
@@ -61,21 +67,20 @@ def update_second_moment(
     grads: optax.Updates,
     nu: optax.Updates,
     b2: jax.typing.ArrayLike,
-    norms: optax.Updates | None = None,
+    norms: Norms = leaf_norms,
 ) -> optax.Updates:
   """The grafting method's second moment, updated with ``grads``.
 
-  ``norms``: for ``'rmsprop_normalized'``, per leaf, what its gradient is
-  normalized by, broadcastable against it: the leaf's own norm by default;
-  for a stack of blocks, the norm of the whole parameter each block belongs
-  to.
+  ``norms``: for ``'rmsprop_normalized'``, what each leaf is normalized by,
+  broadcastable against it: the leaf's own norm by default; for stacks of
+  blocks, the norm of the whole parameter each block belongs to.
   """
   if not keeps_second_moment(graft):
     return nu
   if graft == "adagrad":
     return jax.tree.map(lambda g, n: n + jnp.square(g).astype(n.dtype), grads, nu)
   if graft == "rmsprop_normalized":
-    grads = jax.tree.map(safe_divide, grads, leaf_norms(grads) if norms is None else norms)
+    grads = jax.tree.map(safe_divide, grads, norms(grads))
   weight = moments.moment_weight(b2)
   return jax.tree.map(
       lambda g, n: (weight * jnp.square(g) + b2 * n).astype(n.dtype), grads, nu
@@ -89,19 +94,38 @@ def direction(
     count: jax.Array,
     b2: jax.typing.ArrayLike,
     eps: jax.typing.ArrayLike,
-    norms: optax.Updates | None = None,
+    norms: Norms = leaf_norms,
 ) -> optax.Updates:
-  """The grafting method's step for the (bias-corrected) first moment.
-
-  ``norms``: for ``'rmsprop_normalized'``, what each leaf of ``mu_hat`` is
-  normalized by (see :func:`update_second_moment`).
-  """
+  """The grafting method's step for the (bias-corrected) first moment
+  (``norms``: as for :func:`update_second_moment`)."""
   if graft == "adam":
     # No correction is due for b2 = 1 (plain sums), where 1 - b2**t is 0.
     nu_hat = moments.bias_correction(nu, jnp.where(b2 == 1, 0.0, b2), count)
     return jax.tree.map(lambda m, n: safe_divide(m, jnp.sqrt(n) + eps), mu_hat, nu_hat)
   if graft == "rmsprop_normalized":
-    mu_hat = jax.tree.map(safe_divide, mu_hat, leaf_norms(mu_hat) if norms is None else norms)
+    mu_hat = jax.tree.map(safe_divide, mu_hat, norms(mu_hat))
   if graft in ("rmsprop", "rmsprop_normalized", "adagrad"):
     return jax.tree.map(lambda m, n: safe_divide(m, jnp.sqrt(n + eps)), mu_hat, nu)
   return mu_hat
+
+
+def step(
+    graft: str,
+    grads: optax.Updates,
+    mu: optax.Updates,
+    nu: optax.Updates,
+    count: jax.Array,
+    *,
+    b1: jax.typing.ArrayLike,
+    b2: jax.typing.ArrayLike,
+    eps: jax.typing.ArrayLike,
+    nesterov: bool,
+    norms: Norms = leaf_norms,
+) -> tuple[optax.Updates, optax.Updates, optax.Updates]:
+  """One step of the grafting method: ``(direction, mu, nu)``, the moments
+  updated with ``grads`` (``nu`` as given for grafts without one). With
+  ``'adam'`` this is ``optax.adam``'s step before its learning rate."""
+  mu = optax.tree.update_moment(grads, mu, b1, 1)
+  nu = update_second_moment(graft, grads, nu, b2, norms)
+  mu_hat = moments.debiased_first_moment(mu, grads, b1, count, nesterov)
+  return direction(graft, mu_hat, nu, count, b2, eps, norms), mu, nu

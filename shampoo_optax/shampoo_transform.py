@@ -328,49 +328,18 @@ def scale_by_shampoo(
       carried=("mu", "nu") if keeps_nu else ("mu",))
 
   def step_fn(grads, mu, nu, groups, count):
-    plan = shampoo_core.plan(grads)
-    leaves, treedef = jax.tree.flatten(grads)
-    # The leaves that are not preconditioned: the grafting method alone, in
-    # the parameters' layout.
-    diagonal = [i for i, lp in enumerate(plan.leaves) if not lp.is_preconditioned]
-    take = lambda xs: [xs[i] for i in diagonal]  # noqa: E731
-    # None stands for a leaf whose moments are in the stacks.
-    flatten = functools.partial(jax.tree.flatten, is_leaf=moments.is_placeholder)
-    mu_leaves, mu_def = flatten(mu.tree)
-    nu_leaves, nu_def = flatten(nu.tree) if keeps_nu else (None, None)
-    g = take(leaves)
-    m = optax.tree.update_moment(g, take(mu_leaves), b1, 1)
-    n = grafting.update_second_moment(graft, g, take(nu_leaves), b2) if keeps_nu else ()
-    step = grafting.direction(
-        graft, moments.debiased_first_moment(m, g, b1, count, nesterov), n, count, b2, eps)
-    for i, mi in zip(diagonal, m):
-      mu_leaves[i] = mi
-    if keeps_nu:
-      for i, ni in zip(diagonal, n):
-        nu_leaves[i] = ni
-    out = {}
-    if plan.stacks:
-      # The others in block layout, where their moments are kept: one pass.
-      scalars = {"b1": b1, "b2": b2, "eps": eps, "count": count,
-                 # Until start_preconditioning_step the step is the grafting
-                 # method's. The switch is arithmetic, not jnp.where: exact for
-                 # finite values, and XLA:CPU unswitches every loop on a
-                 # scalar where (benchmarks/README.md, "the per-leaf switch").
-                 "on": (count > start_preconditioning_step).astype(jnp.float32)}
-      carried = {"mu": mu.stacks, "nu": nu.stacks} if keeps_nu else {"mu": mu.stacks}
-      out, groups = shampoo_core.block_step(plan, {"grads": leaves}, groups, count, scalars,
-                                            variant, like=grads, carried=carried)
-    preconditioned = [p + d for p, d in zip(out.get("step", ()), out.get("diagonal", ()))]
-    step_leaves = core.merge_preconditioned(
-        plan, [None] * len(leaves), preconditioned)
-    for i, si in zip(diagonal, step):
-      step_leaves[i] = si
-    mu = mu._replace(tree=jax.tree.unflatten(mu_def, mu_leaves),
-                     stacks=out.get("mu", mu.stacks))
-    if keeps_nu:
-      nu = nu._replace(tree=jax.tree.unflatten(nu_def, nu_leaves),
-                       stacks=out.get("nu", nu.stacks))
-    return jax.tree.unflatten(treedef, step_leaves), mu, nu, groups
+    scalars = {"b1": b1, "b2": b2, "eps": eps, "count": count,
+               # Until start_preconditioning_step the step is the grafting
+               # method's. The switch is arithmetic, not jnp.where: exact for
+               # finite values, and XLA:CPU unswitches every loop on a scalar
+               # where (benchmarks/README.md, "the per-leaf switch").
+               "on": (count > start_preconditioning_step).astype(jnp.float32)}
+    # The leaves that are not preconditioned: the grafting method alone.
+    tree_step = functools.partial(grafting.step, graft, count=count, b1=b1, b2=b2, eps=eps,
+                                  nesterov=nesterov)
+    return shampoo_core.step_with_blocked_moments(grads, mu, nu, groups, count,
+                                                  tree_step=tree_step, scalars=scalars,
+                                                  variant=variant)
 
   return shampoo_core.transformation(ShampooState, step_fn)
 
@@ -389,17 +358,12 @@ def _precondition_and_graft(plan, blocks, roots, scalars, *, graft, nesterov,
   padding stays zero.
   """
   b1, b2, eps, count, on = (scalars[k] for k in ("b1", "b2", "eps", "count", "on"))
-  grads = blocks["grads"]
-  normalized = graft == "rmsprop_normalized"
-  mu = optax.tree.update_moment(grads, list(blocks["mu"]), b1, 1)
-  nu = (grafting.update_second_moment(
-      graft, grads, list(blocks["nu"]), b2,
-      norms=_leaf_norms_per_block(plan, grads) if normalized else None)
-        if "nu" in blocks else [])
-  mu_hat = moments.debiased_first_moment(mu, grads, b1, count, nesterov)
-  diagonal = grafting.direction(
-      graft, mu_hat, nu, count, b2, eps,
-      norms=_leaf_norms_per_block(plan, mu_hat) if normalized else None)
+  diagonal, mu, nu = grafting.step(
+      graft, blocks["grads"], list(blocks["mu"]), list(blocks.get("nu", ())), count,
+      b1=b1, b2=b2, eps=eps, nesterov=nesterov,
+      norms=functools.partial(_leaf_norms_per_block, plan))
+  mu_hat = (moments.debiased_first_moment(mu, blocks["grads"], b1, count, nesterov)
+            if nesterov or graft == "none" else None)
   out = {"step": ([], []), "diagonal": (diagonal, []), "mu": mu}
   if nu:
     out["nu"] = nu
