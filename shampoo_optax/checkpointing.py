@@ -36,10 +36,10 @@ def state_shardings(
   restore a checkpoint onto a mesh: first moments and every other
   parameter-shaped part of the state follow the parameters' shardings (taken
   from ``params``' leaves, arrays or ``jax.ShapeDtypeStruct``\ s with a
-  sharding; replicated where a leaf has none), Shampoo's statistics and roots,
-  and its moments kept in block stacks, are split over ``block_axis`` (pass
-  the same value as to ``shampoo``), and
-  everything else is replicated.
+  sharding; replicated where a leaf has none), the statistics, roots or
+  bases, and the moments kept in block stacks are split over ``block_axis``
+  (pass the same value as to ``shampoo`` or ``soap``), and everything else
+  is replicated.
 
   Args:
     tx: the optimizer, e.g. ``shampoo_optax.shampoo(..., mesh=mesh,
@@ -189,7 +189,9 @@ def upgrade_state(old_state: Any, tx: optax.GradientTransformation, params: opta
   moment and its graft's second moment of the preconditioned parameters in
   block layout (``moments.BlockedMoment``): a Shampoo state saved by 0.3 has
   them cut into blocks (exactly; an int8 first moment is re-rounded to
-  nearest). Other field names are unchanged. ``old_state`` may be the state
+  nearest). 0.5.0 does the same for SOAP's first and second moments, and a
+  SOAP state saved by 0.4 (or earlier) has them cut alike. Other field names
+  are unchanged. ``old_state`` may be the state
   itself or what ``orbax.checkpoint`` restores without a target (dicts and
   lists): leaves are matched by key path. Values are carried over exactly
   (compact storage re-encoded).
@@ -198,8 +200,9 @@ def upgrade_state(old_state: Any, tx: optax.GradientTransformation, params: opta
   ``skip_preconditioning_dim_size_gt`` as given to SOAP or Shampoo (and
   Shampoo's ``exponent_override``), needed only when a state's layout cannot
   be read back from its shapes (the defaults and every power-of-two block
-  size are tried). A Shampoo state made with ``param_specs`` (local blocks)
-  before 0.4.0 is not converted.
+  size are tried). A state made with ``param_specs`` (local blocks) with
+  its moments in the parameters' layout (Shampoo before 0.4.0, SOAP before
+  0.5.0) is not converted.
 
   Examples:
     >>> # raw = checkpointer.restore(path)["opt_state"]    # saved by 0.1
@@ -217,8 +220,7 @@ def upgrade_state(old_state: Any, tx: optax.GradientTransformation, params: opta
       template, is_leaf=lambda x: isinstance(x, (SoapState, ShampooState)))[0]:
     if isinstance(state, SoapState):
       _soap_to_power_of_two_slots(by_path, _plain_path(path), state, params, layout)
-    if isinstance(state, ShampooState):
-      _shampoo_moments_to_blocks(by_path, _plain_path(path), state, params, layout)
+    _moments_to_blocks(by_path, _plain_path(path), state, params, layout)
 
   def lookup(names, path):
     if names not in by_path:
@@ -258,11 +260,12 @@ def upgrade_state(old_state: Any, tx: optax.GradientTransformation, params: opta
 _GROUP_FIELDS = ("stats", "bases", "basis_errors", "basis_failures")
 
 
-def _shampoo_moments_to_blocks(by_path: dict, prefix: tuple, template: ShampooState,
-                               params: Any, given: dict) -> None:
-  """``by_path`` with a Shampoo state's moments saved in the parameters' layout
-  (before 0.4.0) moved, in place, to ``template``'s block layout
-  (``moments.BlockedMoment``); nothing changes when they are in it already."""
+def _moments_to_blocks(by_path: dict, prefix: tuple, template: ShampooState | SoapState,
+                       params: Any, given: dict) -> None:
+  """``by_path`` with a state's moments saved in the parameters' layout (Shampoo
+  before 0.4.0, SOAP before 0.5.0) moved, in place, to ``template``'s block
+  layout (``moments.BlockedMoment``); nothing changes when they are in it
+  already."""
   param_paths = [_plain_path(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
   leaves = jax.tree.leaves(params)
   fields = [f for f in ("mu", "nu") if isinstance(getattr(template, f), moments.BlockedMoment)]
@@ -285,7 +288,7 @@ def _shampoo_moments_to_blocks(by_path: dict, prefix: tuple, template: ShampooSt
     values, scales = (np.asarray(by_path.pop(key + sub), np.float32) for sub in subs)
     return values * scales
 
-  plan = _shampoo_plan(leaves, template, given)
+  plan = _moment_plan(leaves, template, given)
   for field in fields:
     moment = getattr(template, field)
     found = [saved_keys(field, i) for i in range(len(leaves))]
@@ -322,13 +325,15 @@ def _shampoo_moments_to_blocks(by_path: dict, prefix: tuple, template: ShampooSt
         by_path[key] = x.astype(like.dtype)
 
 
-def _shampoo_plan(leaves, template: ShampooState, given: dict) -> blocking.Plan:
+def _moment_plan(leaves, template: ShampooState | SoapState, given: dict) -> blocking.Plan:
   """The block plan ``template``'s moments were made with, read back from its
   shapes (the layout arguments in ``given`` are taken as they are)."""
   stacks = template.mu.stacks
   want = [jax.tree.leaves(x)[0].shape for x in stacks]
+  soap = isinstance(template, SoapState)
   sizes = [given["block_size"]] if "block_size" in given else [2**k for k in range(1, 13)]
-  exponents = ([given["exponent_override"]] if "exponent_override" in given else [2, None])
+  exponents = ([given.get("exponent_override")] if soap or "exponent_override" in given
+               else [2, None])
   # Every skip_preconditioning_dim_size_gt between two of the parameters'
   # dimensions gives the same plan.
   skips = ([given["skip_preconditioning_dim_size_gt"]]
@@ -338,17 +343,20 @@ def _shampoo_plan(leaves, template: ShampooState, given: dict) -> blocking.Plan:
   for size, skip, exponent in itertools.product(sizes, skips, exponents):
     for merged in ([given["max_merged_dim"]] if "max_merged_dim" in given
                    else list(dict.fromkeys([None, size]))):
-      plan = blocking.Layout(size, merged, skip, exponent).plan(leaves)
+      layout = (soap_transform.block_layout(size, merged, skip) if soap
+                else blocking.Layout(size, merged, skip, exponent))
+      plan = layout.plan(leaves)
       if len(plan.stacks) == len(want) and all(
           st.block_shape == w[1:] and st.size <= w[0] for st, w in zip(plan.stacks, want)):
         found.setdefault((plan.block_slices(), tuple(st.block_shape for st in plan.stacks)),
                          plan)
   if len(found) != 1:
+    name, exponent = ("SOAP", "") if soap else ("Shampoo", " and exponent_override")
     raise ValueError(
-        "upgrade_state could not read Shampoo's block layout back from the state's shapes "
+        f"upgrade_state could not read {name}'s block layout back from the state's shapes "
         f"({'no' if not found else 'several different'} layouts fit): pass the block_size, "
-        "max_merged_dim, skip_preconditioning_dim_size_gt and exponent_override Shampoo was "
-        "built with. A state made with param_specs (local blocks) is not converted")
+        f"max_merged_dim, skip_preconditioning_dim_size_gt{exponent} {name} was built with. "
+        "A state made with param_specs (local blocks) is not converted")
   return next(iter(found.values()))
 
 

@@ -285,8 +285,9 @@ class BlockedMoments:
     if not isinstance(mu, BlockedMoment):
       raise ValueError(
           "the optimizer state's first moment is in the parameters' layout, as shampoo_optax "
-          "0.3 kept it; 0.4 keeps the preconditioned parameters' moments in block layout: "
-          "convert the state with shampoo_optax.upgrade_state(state, tx, params)")
+          "kept it before 0.4 (Shampoo) and 0.5 (SOAP); now the preconditioned parameters' "
+          "moments are kept in block layout: convert the state with "
+          "shampoo_optax.upgrade_state(state, tx, params)")
     shapes = iter(mu.shapes)
 
     def shape(m):

@@ -32,6 +32,7 @@ from shampoo_optax import (
   blocking,
   core,
   factor_matrices,
+  grafting,
   matrix_functions,
   moments,
   quantization,
@@ -53,9 +54,12 @@ class SoapState(NamedTuple):
 
   Attributes:
     count: int32 ``[]``.
-    mu: first moment in the original basis, the parameters' tree and shapes.
-    nu: second moment, the parameters' tree and shapes, each preconditioned
-      block's entries in that block's eigenbasis coordinates.
+    mu: first moment in the original basis, a
+      :class:`shampoo_optax.BlockedMoment`: in the parameters' tree and shapes
+      for the leaves SOAP does not rotate, in stacks of blocks
+      ``[rows, *block_shape]`` for the others (as :class:`ShampooState`'s).
+    nu: second moment, laid out as ``mu``; each rotated block's entries in
+      that block's eigenbasis coordinates.
     stats: per group, the statistics, stored as in :class:`ShampooState`.
     bases: per group, the eigenbases ``[n_g, d_g * d_g]``, float32 or
       bfloat16 (or ``quantization.ScaledIntMatrices`` with int8 values).
@@ -193,8 +197,8 @@ def scale_by_soap(
                           shard_multiple=block_sharding.size if local is None else 1),
       codec=codec, precond_codec=basis_codec, block_sharding=block_sharding, local=local,
       schedule=schedule,
-      moments=moments.MomentDtypes.create(
-          mu_dtype, quantization.canonical_dtype(statistics_dtype), keeps_nu=True),
+      moments=moments.BlockedMoments(moments.MomentDtypes.create(
+          mu_dtype, quantization.canonical_dtype(statistics_dtype), keeps_nu=True)),
   )
   variant = core.Variant(
       # The first cycle of refreshes computes every basis with eigh; 'qr'
@@ -203,44 +207,19 @@ def scale_by_soap(
                                 qr_from=schedule.first_step() + precondition_every),
       apply=functools.partial(_adam_in_eigenbasis, nesterov=nesterov,
                               orthogonalize=orthogonalize),
-      outputs=("step", "nu"), refresh_first=False, change=_rotation_map,
+      outputs=("step",), refresh_first=False, change=_rotation_map,
       after_refresh=functools.partial(_carry_second_moment,
-                                      staggered=stagger_basis_refresh))
-
-  def adam(grads, mu, nu, count):
-    """Adam's step (mu already updated), for the leaves SOAP does not rotate."""
-    nu = optax.tree.update_moment_per_elem_norm(grads, nu, b2, 2)
-    mu_hat = moments.debiased_first_moment(mu, grads, b1, count, nesterov)
-    nu_hat = moments.bias_correction(nu, b2, count)
-    return jax.tree.map(lambda m, v: m / (jnp.sqrt(v) + eps), mu_hat, nu_hat), nu
+                                      staggered=stagger_basis_refresh),
+      carried=("mu", "nu"))
 
   def step_fn(grads, mu, nu, groups, count):
-    mu = optax.tree.update_moment(grads, mu, b1, 1)
-    step, new_nu = adam(grads, mu, nu, count)
-    plan = soap_core.plan(grads)
-    if not plan.stacks:
-      return step, mu, new_nu, groups
-    # The rotated leaves are computed in block layout, in one pass; Adam in
-    # tree layout above serves the others (XLA drops its unused results).
-    inputs = {"grads": jax.tree.leaves(grads), "mu": jax.tree.leaves(mu),
-              "nu": jax.tree.leaves(nu)}
+    # The leaves SOAP does not rotate: Adam as is.
+    tree_step = functools.partial(grafting.step, "adam", count=count, b1=b1, b2=b2, eps=eps,
+                                  nesterov=nesterov)
     scalars = {"b1": b1, "b2": b2, "eps": eps, "count": count}
-    out, groups = soap_core.block_step(plan, inputs, groups, count, scalars, variant,
-                                          like=grads)
-    step_leaves, treedef = jax.tree.flatten(step)
-    nu_leaves = jax.tree.leaves(new_nu)
-    step = jax.tree.unflatten(treedef, core.merge_preconditioned(
-        plan, step_leaves, [x.astype(s.dtype) for x, s in
-                            zip(out["step"], core.preconditioned_only(plan, step_leaves))]))
-    # Selected elementwise against the previous nu (the values are the new
-    # ones): under Auto axes that keeps nu's sharding, which the block
-    # layout's output does not have. (nu + (new - nu) would too, but loses a
-    # carried value far below the old one to cancellation: a zero second
-    # moment, and a step of m / eps.)
-    nu = jax.tree.unflatten(treedef, core.merge_preconditioned(
-        plan, nu_leaves, [jnp.where(x.astype(v.dtype) != v, x.astype(v.dtype), v) for x, v in
-                          zip(out["nu"], core.preconditioned_only(plan, jax.tree.leaves(nu)))]))
-    return step, mu, nu, groups
+    return soap_core.step_with_blocked_moments(grads, mu, nu, groups, count,
+                                               tree_step=tree_step, scalars=scalars,
+                                               variant=variant)
 
   return soap_core.transformation(SoapState, step_fn)
 
@@ -279,19 +258,18 @@ def _adam_in_eigenbasis(plan, blocks, bases, scalars, *, nesterov=False, orthogo
   its zeros up to +-1.
   """
   b1, b2, eps, count = (scalars[k] for k in ("b1", "b2", "eps", "count"))
-  steps, nus = [], []
-  for s, (g, m, v) in enumerate(zip(blocks["grads"], blocks["mu"], blocks["nu"])):
-    mats = bases[s]
-    g = core.along_axes(g, mats, transpose=True)
-    m = core.along_axes(m, mats, transpose=True)
-    v = b2 * v + (1 - b2) * jnp.square(g)
-    m_hat = moments.debiased_first_moment(m, g, b1, count, nesterov)
-    v_hat = v / (1 - jnp.power(b2, count.astype(jnp.float32)))
-    step = m_hat / (jnp.sqrt(v_hat) + eps)
-    step = core.along_axes(step, mats, transpose=False)
-    steps.append(core.orthogonalize_blocks(step) if orthogonalize else step)
-    nus.append(v)
-  return {"step": steps, "nu": nus}
+  grads = blocks["grads"]
+  mu = optax.tree.update_moment(grads, list(blocks["mu"]), b1, 1)
+  into = lambda xs: [core.along_axes(x, mats, transpose=True)  # noqa: E731
+                     for x, mats in zip(xs, bases)]
+  g, m = into(grads), into(mu)
+  nu = grafting.update_second_moment("adam", g, list(blocks["nu"]), b2)
+  steps = grafting.direction(
+      "adam", moments.debiased_first_moment(m, g, b1, count, nesterov), nu, count, b2, eps)
+  steps = [core.along_axes(x, mats, transpose=False) for x, mats in zip(steps, bases)]
+  if orthogonalize:
+    steps = [core.orthogonalize_blocks(x) for x in steps]
+  return {"step": steps, "mu": mu, "nu": nu}
 
 
 def _rotation_map(q_old: jax.Array, q_new: jax.Array) -> jax.Array:
@@ -340,7 +318,7 @@ def _carry_changed(plan, nu_stacks, *, changes):
         local = rows - run.offset  # the run's blocks among the group's rows
         inside = changed & (local >= 0) & (local < run.size)
         # Its blocks in the stack; elsewhere: not gathered, dropped.
-        local = jnp.where(inside, local + run.start, stack.size)
+        local = jnp.where(inside, local + run.start, blocks.shape[0])
         sub = jnp.take(blocks, local, axis=0, mode="fill", fill_value=0)
         sub = core.along_axis(sub, maps[:, :d, :d], axis, transpose=False)
         blocks = blocks.at[local].set(sub, mode="drop")

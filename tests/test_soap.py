@@ -282,12 +282,13 @@ def test_carried_second_moment_keeps_small_values():
   nu = jnp.asarray([[1e-12, 1e-12], [1.0, 1.0]])
   stats = quantization.Codec().encode(
       jnp.asarray([np.diag([2.0, 1.0])] * 2, jnp.float32))  # the basis, descending, is I
-  state = state._replace(count=jnp.asarray(5, jnp.int32), nu={"w": nu}, stats=(stats,),
-                         bases=(swap,))
+  assert state.nu.stacks[0].shape == (1, 2, 2)  # w's one block
+  state = state._replace(count=jnp.asarray(5, jnp.int32), nu=state.nu._replace(stacks=(nu[None],)),
+                         stats=(stats,), bases=(swap,))
   _, state = jax.jit(tx.update)({"w": jnp.zeros((2, 2))}, state)
   np.testing.assert_array_equal(state.bases[0], np.broadcast_to(np.eye(2), (2, 2, 2)))
   want = 0.9 * np.asarray([[1.0, 1.0], [1e-12, 1e-12]], np.float32)
-  np.testing.assert_allclose(state.nu["w"], want, rtol=1e-6)
+  np.testing.assert_allclose(state.nu.stacks[0][0], want, rtol=1e-6)
 
 
 def test_staggered_refresh_with_and_without_cond_agree(rng, monkeypatch):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import shampoo_optax
-from shampoo_optax import blocking, factor_matrices, moments, quantization
+from shampoo_optax import blocking, factor_matrices, moments, quantization, soap_transform
 
 # 3 + 3 statistics of w's 4 x 4 blocks and 1 of e's one-sided blocks: an odd
 # group, which 0.2 pads to an even number of rows.
@@ -168,6 +168,11 @@ def test_soap_state_in_its_own_size_slots_upgrades(rng, monkeypatch, statistics_
   _, new_state = run(tx, tx.init(params), grads[:3])
   with pytest.raises(ValueError, match="do not fit these parameters' block plan"):
     tx.update(grads[3], old_state, params)
+  # As 0.2 saved it: the moments in the parameters' layout.
+  old_plan = own_slots(16, None, 4096).plan(jax.tree.leaves(params))
+  inner = old_state[0]
+  old_state = (inner._replace(mu=tree_layout(inner.mu, old_plan),
+                              nu=tree_layout(inner.nu, old_plan, inner.mu)), *old_state[1:])
   upgraded = shampoo_optax.upgrade_state(jax.tree.map(np.asarray, old_state), tx, params)
   assert jax.tree.structure(upgraded) == jax.tree.structure(new_state)
   for got, want in zip(jax.tree.leaves(upgraded), jax.tree.leaves(new_state)):
@@ -222,19 +227,23 @@ def test_soap_state_in_its_own_size_slots_upgrades(rng, monkeypatch, statistics_
 SHAMPOO_SHAPES = {"w": (40, 24), "conv": (3, 3, 4, 8), "b": (24,), "e": (60, 6), "s": (1, 24)}
 
 
-@pytest.mark.parametrize("kw", [
-    {},
-    {"statistics_dtype": "int8", "graft": "rmsprop"},
-    {"statistics_dtype": "bfloat16", "nesterov": True},
-    {"graft": "sgd", "block_size": 8},
-], ids=["float32", "int8", "bfloat16", "sgd"])
-def test_shampoo_state_saved_by_0_3_upgrades(rng, kw):
-  """0.3 kept Shampoo's moments in the parameters' layout; 0.4 keeps those of the
-  preconditioned leaves in block stacks. upgrade_state cuts them (read back from
-  the shapes which block layout) exactly (an int8 first moment to its rounding),
-  and training goes on as from the state itself."""
+@pytest.mark.parametrize("name,kw", [
+    ("shampoo", {}),
+    ("shampoo", {"statistics_dtype": "int8", "graft": "rmsprop"}),
+    ("shampoo", {"statistics_dtype": "bfloat16", "nesterov": True}),
+    ("shampoo", {"graft": "sgd", "block_size": 8}),
+    ("soap", {}),
+    ("soap", {"statistics_dtype": "int8"}),
+    ("soap", {"statistics_dtype": "bfloat16", "nesterov": True, "block_size": 8}),
+], ids=["float32", "int8", "bfloat16", "sgd", "soap", "soap-int8", "soap-bfloat16"])
+def test_state_with_moments_in_the_parameters_layout_upgrades(rng, name, kw):
+  """Shampoo before 0.4 and SOAP before 0.5 kept their moments in the
+  parameters' layout; now those of the preconditioned leaves are in block
+  stacks. upgrade_state cuts them (read back from the shapes which block
+  layout) exactly (an int8 first moment to its rounding), and training goes on
+  as from the state itself."""
   kw = {"block_size": 16, "skip_preconditioning_dim_size_gt": 50, **kw}
-  tx = shampoo_optax.shampoo(1e-2, **kw)
+  tx = getattr(shampoo_optax, name)(1e-2, **kw)
   params = {k: jnp.asarray(rng.standard_normal(s), jnp.float32)
             for k, s in SHAMPOO_SHAPES.items()}
   grads = [{k: jnp.asarray(rng.standard_normal(s), jnp.float32)
@@ -245,9 +254,14 @@ def test_shampoo_state_saved_by_0_3_upgrades(rng, kw):
     _, state = update(g, state, params)
   inner = state[0]
   assert isinstance(inner.mu, moments.BlockedMoment) and len(inner.mu.stacks) >= 2
-  plan = blocking.Layout(kw["block_size"], None, 50, 2).plan(jax.tree.leaves(params))
-  saved = [jax.tree.map(np.asarray, inner._replace(
-      mu=tree_layout(inner.mu, plan), nu=tree_layout(inner.nu, plan, inner.mu)))] + [
+  layout = (soap_transform.block_layout(kw["block_size"], None, 50) if name == "soap"
+            else blocking.Layout(kw["block_size"], None, 50, 2))
+  plan = layout.plan(jax.tree.leaves(params))
+  old_inner = inner._replace(mu=tree_layout(inner.mu, plan),
+                             nu=tree_layout(inner.nu, plan, inner.mu))
+  with pytest.raises(ValueError, match="convert the state with shampoo_optax.upgrade_state"):
+    update(grads[3], (old_inner, *state[1:]), params)
+  saved = [jax.tree.map(np.asarray, old_inner)] + [
       jax.tree.map(np.asarray, s) for s in state[1:]]
   # as orbax restores it without a target: NamedTuples as dicts
   saved[0] = {k: v for k, v in saved[0]._asdict().items()}
@@ -262,7 +276,7 @@ def test_shampoo_state_saved_by_0_3_upgrades(rng, kw):
     got = quantization.dequantize_rows(upgraded[0].mu.stacks[0])
     want = quantization.dequantize_rows(inner.mu.stacks[0])
     np.testing.assert_allclose(got, want, atol=1.01 * float(jnp.max(jnp.abs(want))) / 127)
-    # "s" (a matrix merged into a vector, not preconditioned): int8 in 0.3, bfloat16 now
+    # "s" (a matrix merged into a vector, not preconditioned): int8 before, bfloat16 now
     assert upgraded[0].mu.tree["s"].dtype == jnp.bfloat16
     np.testing.assert_allclose(upgraded[0].mu.tree["s"], inner.mu.tree["s"],
                                atol=float(jnp.max(jnp.abs(inner.mu.tree["s"]))) / 100)
@@ -271,7 +285,7 @@ def test_shampoo_state_saved_by_0_3_upgrades(rng, kw):
   b, _ = update(grads[3], state, params)
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_array_equal(x, y)
-  # A state already in 0.4's layout comes back as it was.
+  # A state already in block layout comes back as it was.
   again = shampoo_optax.upgrade_state(jax.tree.map(np.asarray, state), tx, params)
   for got, want in zip(jax.tree.leaves(again), jax.tree.leaves(state)):
     np.testing.assert_array_equal(got, want)
