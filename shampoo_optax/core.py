@@ -8,11 +8,12 @@ roots and grafts; SOAP rotates into the eigenbasis, takes Adam's step there
 and rotates back. Everything else is here:
 
     update(grads, state)
-      moments                 the optimizer's own, in the parameters' tree layout
-      block layout, once:     cut the gradient and the variant's inputs into stacks
+      leaves not preconditioned   the diagonal method (grafting.py), in the parameters' layout
+      block layout:           the gradient cut into stacks, once
         accumulate            factor matrices  b2 L + (1 - b2) G G^T
         refresh               the due preconditioners (Shampoo: before use)
-        apply                 the variant's direction, stack by stack
+        apply                 the variant's direction, stack by stack, with its moments,
+                              which are kept in block layout (moments.BlockedMoment)
         refresh               (SOAP: after use, then its second moment carried)
       back to tree layout, once
 

@@ -1,6 +1,6 @@
 # Copyright 2026 The shampoo_optax Authors.
 # SPDX-License-Identifier: Apache-2.0
-"""The diagonal methods Shampoo grafts its step size from.
+"""The diagonal methods Shampoo grafts its step size from (and SOAP's Adam).
 
 Each is written once, with optax's formulas, for any list or tree of arrays:
 the parameters' own leaves (for the parameters Shampoo does not precondition,

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import shampoo_optax
-from shampoo_optax import blocking, factor_matrices, soap_transform
+from shampoo_optax import blocking, factor_matrices, moments, soap_transform
 from tests import reference
 
 # Documented defaults of shampoo() (what the reference is told; the optimizer is not).
@@ -271,8 +271,19 @@ def test_soap_shared_basis_computation_changes_no_result(rng, monkeypatch):
                           lambda groups: [[g] for g in range(len(groups))])
     steps, state = _run(shampoo_optax.soap(0.01, block_size=16, precondition_every=3),
                         params, grads_seq)
-    runs.append((steps, state[0].nu))
+    runs.append((steps, _in_parameters_layout(state[0].nu, params, 16)))
   _assert_same_runs(*runs)
+
+
+def _in_parameters_layout(moment, params, block_size):
+  """A SOAP moment (``moments.BlockedMoment``) with its stacks put back into the
+  parameters' layout, by SOAP's block layout as it is now (maybe patched)."""
+  plan = soap_transform.block_layout(block_size, None, 4096).plan(jax.tree.leaves(params))
+  leaves, treedef = jax.tree.flatten(moment.tree, is_leaf=moments.is_placeholder)
+  blocked = blocking.from_stacks(plan, [x[:st.size] for x, st in zip(moment.stacks,
+                                                                       plan.stacks)])
+  return jax.tree.unflatten(treedef, [b if moments.is_placeholder(x) else x
+                                      for x, b in zip(leaves, blocked)])
 
 
 def _assert_same_runs(a, b):
@@ -317,7 +328,7 @@ def test_soap_padded_slots_change_no_result(rng, monkeypatch, basis_method):
     tx = shampoo_optax.soap(0.01, block_size=16, precondition_every=1,
                             basis_method=basis_method)
     steps, state = _run(tx, params, grads_seq)
-    runs.append((steps, state[0].nu))
+    runs.append((steps, _in_parameters_layout(state[0].nu, params, 16)))
     shapes.append([g.shape for g in jax.tree.leaves(state[0].stats)])
   assert shapes[0] != shapes[1]  # the two layouts did differ
   _assert_same_runs(*runs)

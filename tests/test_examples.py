@@ -44,7 +44,12 @@ BENCHMARKS = ["lm.py", "cnn.py", "vit.py", "roots.py", "growth.py", "sharding_me
 # The two longest (~1.5 and ~1 min alone, ~3 and ~1.2 min beside another test): lm.py's
 # training loop is examples/char_lm.py's (test_main_example), growth.py's claim (one root
 # computation at any depth) is test_transform's test_update_is_batched_over_layers.
-SLOW_BENCHMARKS = {"lm.py", "growth.py"}
+# compile_repeat.py (~35 s) only times growth.py's compile again.
+SLOW_BENCHMARKS = {"lm.py", "growth.py", "compile_repeat.py"}
+# vit.py runs cnn.py's loop (smoke-tested with every optimizer there) on its own model: the
+# optimizers whose code differs for it (Muon's split of the kernels), beside AdamW (~35 s
+# saved).
+TINY_ARGS = {"vit.py": ("--optimizers", "adamw,muon,shampoo")}
 
 
 @pytest.mark.parametrize("script", [
@@ -53,7 +58,7 @@ def test_benchmark_tiny(script):
   path = ROOT / "benchmarks" / script
   if not path.exists():
     pytest.fail(f"benchmarks/{script} is missing")
-  out = run_script(path, "--tiny")
+  out = run_script(path, "--tiny", *TINY_ARGS.get(script, ()))
   assert "jax" in out  # every benchmark prints the machine and versions first
 
 
