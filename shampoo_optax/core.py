@@ -76,7 +76,7 @@ class Core:
   precond_codec: quantization.Codec  # how preconditioners are stored
   block_sharding: sharding_lib.BlockSharding
   schedule: factor_matrices.Schedule
-  moments: moments.MomentDtypes | moments.BlockedMoments
+  moments: moments.BlockedMoments
   # FSDP: blocks cut from each device's own shards (see sharding.LocalBlocks).
   local: sharding_lib.LocalBlocks | None = None
 
@@ -192,15 +192,14 @@ class Core:
                    else got.shape[0] == want.shape[0]))
 
     fields = list(zip(type(state)._fields[3:], state[3:], want))
-    if isinstance(self.moments, moments.BlockedMoments):  # stacks of blocks, checked alike
-      for name in ("mu", "nu") if self.moments.keeps_nu else ("mu",):
-        stacks = getattr(state, name).stacks
-        want_stacks = []
-        for st, x in zip(plan.stacks, stacks):  # shapes only: dtypes are the parameters'
-          shape = (replicas * st.size, *st.block_shape)
-          want_stacks.append([_Shape(shape)] if not isinstance(x, quantization.QuantizedArray)
-                             else [_Shape(shape), _Shape(shape[:-1] + (1,))])
-        fields.append((name, stacks, want_stacks))
+    for name in ("mu", "nu") if self.moments.keeps_nu else ("mu",):  # stacks, checked alike
+      stacks = getattr(state, name).stacks
+      want_stacks = []
+      for st, x in zip(plan.stacks, stacks):  # shapes only: dtypes are the parameters'
+        shape = (replicas * st.size, *st.block_shape)
+        want_stacks.append([_Shape(shape)] if not isinstance(x, quantization.QuantizedArray)
+                           else [_Shape(shape), _Shape(shape[:-1] + (1,))])
+      fields.append((name, stacks, want_stacks))
     for name, got_field, want_field in fields:
       got_groups = [jax.tree.leaves(g) for g in got_field]
       want_groups = [jax.tree.leaves(g) for g in want_field]

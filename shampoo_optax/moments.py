@@ -53,13 +53,10 @@ def first_moment_coefficients(b1, count: jax.Array, nesterov: bool):
 
 @dataclasses.dataclass(frozen=True)
 class MomentDtypes:
-  """Storage dtypes of the first moment and the grafting second moment.
-
-  Computation happens in the gradients' dtype (as in optax.adam); the moments
-  are stored in ``mu`` / ``nu`` (``None``: the parameters' dtype). ``mu`` int8
-  stores each first moment of rank >= 2 as a ``quantization.QuantizedArray``
-  (int8 values, a float32 scale per row of the last axis, stochastic rounding)
-  and the others as bfloat16.
+  """Storage dtypes of the first moment and the second moment (``None``: the
+  parameters'), as :class:`BlockedMoments` keeps them. ``mu`` int8: a
+  ``quantization.QuantizedArray`` in the stacks (int8 values, a float32 scale
+  per row of each block, stochastic rounding), bfloat16 in the tree.
   """
 
   mu: Any | None
@@ -84,48 +81,6 @@ class MomentDtypes:
   @property
   def quantized_mu(self) -> bool:
     return self.mu is not None and self.mu == jnp.int8
-
-  def init(self, params, plan=None, rows=None, place=None):
-    """Zero moments in the parameters' layout (``plan``, ``rows``, ``place``
-    are for :class:`BlockedMoments`' signature)."""
-    del plan, rows, place
-    if self.quantized_mu:
-      mu = jax.tree.map(
-          lambda p: self._encode(jnp.zeros_like(p, jnp.float32), p, None), params)
-    else:
-      mu = optax.tree.zeros_like(params, dtype=self.mu)
-    nu = optax.tree.zeros_like(params, dtype=self.nu) if self.keeps_nu else ()
-    return mu, nu
-
-  def load(self, mu, nu, grads):
-    """The stored moments in the gradients' dtypes, for computing."""
-    if self.quantized_mu:
-      mu = jax.tree.map(lambda g, m: _decode(m, g.dtype), grads, mu)
-    else:
-      mu = optax.tree.cast_like(mu, grads)
-    return mu, optax.tree.cast_like(nu, grads) if self.keeps_nu else ()
-
-  def store(self, mu, nu, old_mu, old_nu, count: jax.Array):
-    """The moments in their stored form; ``count`` seeds stochastic rounding."""
-    if self.quantized_mu:
-      leaves, treedef = jax.tree.flatten(mu)
-      key = jax.random.fold_in(jax.random.key(1), count)
-      mu = jax.tree.unflatten(treedef, [
-          self._encode(m, m, jax.random.fold_in(key, i)) for i, m in enumerate(leaves)])
-    else:
-      mu = optax.tree.cast_like(mu, old_mu)
-    return mu, optax.tree.cast_like(nu, old_nu) if self.keeps_nu else ()
-
-  @staticmethod
-  def _encode(x, like, key):
-    if jnp.ndim(like) >= 2:
-      return quantization.quantize_rows(x, key)
-    return x.astype(jnp.bfloat16)
-
-  def shapes(self, mu):
-    """``mu`` as a tree of the parameters' structure (to check gradients against)."""
-    return jax.tree.map(lambda m: m.values if isinstance(m, quantization.QuantizedArray) else m,
-                        mu, is_leaf=lambda m: isinstance(m, quantization.QuantizedArray))
 
 
 def _decode(m, dtype):
@@ -206,10 +161,9 @@ class BlockedMoments:
     precondition, stacks of ``rows[s]`` blocks (placed with ``place``) for the others."""
     leaves, treedef = jax.tree.flatten(params)
     if is_params_stand_in(params):
-      # optax.tree.map_params' stand-in: the tree is the parameters' part.
-      tree_mu, tree_nu = self.dtypes.init(params)
-      return (BlockedMoment(tree_mu, STAND_IN_STACKS, STAND_IN_STACKS),
-              BlockedMoment(tree_nu, STAND_IN_STACKS, STAND_IN_STACKS) if self.keeps_nu else ())
+      # optax.tree.map_params' stand-in (no leaves): the tree is the parameters' part.
+      stand_in = BlockedMoment(optax.tree.zeros_like(params), STAND_IN_STACKS, STAND_IN_STACKS)
+      return stand_in, stand_in if self.keeps_nu else ()
     dtypes = stack_dtypes(plan, [x.dtype for x in leaves])
     shapes = tuple(LeafShape(tuple(jnp.zeros((d,), jnp.int8) for d in x.shape))
                    for x, lp in zip(leaves, plan.leaves) if lp.is_preconditioned)
