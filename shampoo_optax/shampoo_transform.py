@@ -362,15 +362,14 @@ def _precondition_and_graft(plan, blocks, roots, scalars, *, graft, nesterov,
       graft, blocks["grads"], list(blocks["mu"]), list(blocks.get("nu", ())), count,
       b1=b1, b2=b2, eps=eps, nesterov=nesterov,
       norms=functools.partial(_leaf_norms_per_block, plan))
-  mu_hat = (moments.debiased_first_moment(mu, blocks["grads"], b1, count, nesterov)
-            if nesterov or graft == "none" else None)
+  # Grafting rescales each block, so without Nesterov mu_hat's common factor
+  # 1 / (1 - b1^t) is needed only without a graft: mu is preconditioned.
+  directions = (moments.debiased_first_moment(mu, blocks["grads"], b1, count, nesterov)
+                if nesterov or graft == "none" else mu)
   out = {"step": ([], []), "diagonal": (diagonal, []), "mu": mu}
   if nu:
     out["nu"] = nu
-  for s, d in enumerate(diagonal):
-    # Grafting rescales each block, so without Nesterov mu_hat's common factor
-    # 1 / (1 - b1^t) is applied only without a graft: mu is preconditioned.
-    x = mu_hat[s] if nesterov or graft == "none" else mu[s]
+  for s, (d, x) in enumerate(zip(diagonal, directions)):
     x = core.along_axes(x, roots[s], transpose=True)
     if orthogonalize:
       x = core.orthogonalize_blocks(x)
