@@ -58,13 +58,14 @@ class Variant:
   apply: Apply
   outputs: tuple[str, ...]  # names of apply's outputs
   refresh_first: bool  # refresh before apply (Shampoo) or after it (SOAP)
+  # The moments, kept in block layout: stacks apply reads from ``blocks``
+  # under these names (``'mu'``, and ``'nu'`` if kept) and returns, updated,
+  # under the same names.
+  carried: tuple[str, ...]
   # SOAP: what each refreshed row's change is (computed in the refresh), and
   # what is done with it after the refresh.
   change: factor_matrices.Change | None = None
   after_refresh: AfterRefresh | None = None
-  # State kept in block layout (moments): stacks apply reads from ``blocks``
-  # under these names and returns, updated, under the same names.
-  carried: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -222,14 +223,14 @@ class Core:
 
   def block_step(self, plan: blocking.Plan, inputs: dict[str, list], groups: tuple,
                  count: jax.Array, scalars: dict[str, Any], variant: Variant, *, like: Any,
-                 carried: dict[str, tuple] | None = None):
+                 carried: dict[str, tuple]):
     """The variant's outputs for each preconditioned leaf, and the new groups.
 
     ``inputs`` are leaf lists in tree order (``'grads'`` among them) of trees
     shaped like ``like`` (the gradients); the outputs come back as leaf lists
     of the preconditioned leaves only, with the gradients' shardings.
-    ``scalars``: numbers and scalar arrays, or leaf lists that are not cut
-    into blocks. ``carried``: the variant's state in block layout, per name of
+    ``scalars``: numbers and scalar arrays. ``carried``: the variant's state
+    in block layout (its moments), per name of
     ``variant.carried`` one array per stack (``moment_rows`` rows); it comes
     back updated among the outputs, split over the block axis as the groups.
     """
@@ -258,13 +259,12 @@ class Core:
                                for x, spec in zip(leaves, specs)]
     inputs = {name: to_specs(leaves) for name, leaves in inputs.items()}
     groups = tuple(jax.tree.map(self.block_sharding.place, g) for g in groups)
-    scalars = {k: to_specs(v) if isinstance(v, list) else v for k, v in scalars.items()}
     # Python numbers stay constants (as without a mesh); arrays are passed in.
-    passed = {k: v for k, v in scalars.items() if isinstance(v, (list, jax.Array))}
+    passed = {k: v for k, v in scalars.items() if isinstance(v, jax.Array)}
     constants = {k: v for k, v in scalars.items() if k not in passed}
     group_spec = jax.tree.map(lambda _: self.block_sharding.spec, groups)
     in_specs = ({name: specs for name in inputs}, group_spec, PartitionSpec(),
-                {k: specs if isinstance(v, list) else PartitionSpec() for k, v in passed.items()})
+                {k: PartitionSpec() for k in passed})
     out_specs = ({name: preconditioned_only(plan, specs) for name in variant.outputs}, group_spec)
 
     def local(inputs, groups, count, passed):
@@ -291,21 +291,20 @@ class Core:
     if variant.refresh_first:
       precond, errors, failures, _ = refresh(precond, errors, failures)
     preconditioners = factor_matrices.decode_stacks(plan, precond, self.precond_codec)
-    if carried:
-      # Stored stacks have padding rows for the block axis (moment_rows): apply
-      # runs on stacks of that many rows, split over the block axis as they
-      # are, the padding blocks zero.
-      # A stack of blocks the block axis does not divide is replicated before
-      # it is padded: split unevenly, XLA's partitioner would replicate it
-      # anyway, with a warning (benchmarks/README.md, "moments in block
-      # layout, landed").
-      rows = [x.shape[0] for x in next(iter(carried.values()))]
-      uneven = lambda x, n: block_sharding.replicate(x) if x.shape[0] != n else x  # noqa: E731
-      blocks = {name: [block_sharding.place(_pad_rows(uneven(x, n), n))
-                       for x, n in zip(stacks, rows)] for name, stacks in blocks.items()}
-      blocks.update(carried)
-      preconditioners = [[(axis, _pad_rows(m, n)) for axis, m in per_axis]
-                         for per_axis, n in zip(preconditioners, rows)]
+    # Stored stacks have padding rows for the block axis (moment_rows): apply
+    # runs on stacks of that many rows, split over the block axis as they
+    # are, the padding blocks zero.
+    # A stack of blocks the block axis does not divide is replicated before
+    # it is padded: split unevenly, XLA's partitioner would replicate it
+    # anyway, with a warning (benchmarks/README.md, "moments in block
+    # layout, landed").
+    rows = [x.shape[0] for x in next(iter(carried.values()))]
+    uneven = lambda x, n: block_sharding.replicate(x) if x.shape[0] != n else x  # noqa: E731
+    blocks = {name: [block_sharding.place(_pad_rows(uneven(x, n), n))
+                     for x, n in zip(stacks, rows)] for name, stacks in blocks.items()}
+    blocks.update(carried)
+    preconditioners = [[(axis, _pad_rows(m, n)) for axis, m in per_axis]
+                       for per_axis, n in zip(preconditioners, rows)]
     outputs = variant.apply(plan, blocks, preconditioners, scalars)
     if not variant.refresh_first:
       precond, errors, failures, changes = refresh(precond, errors, failures,

@@ -122,9 +122,6 @@ class Schedule:
 STAND_IN_GROUPS = "factor matrices"
 
 
-is_params_stand_in = moments.is_params_stand_in
-
-
 def init(plan: blocking.Plan, codec: quantization.Codec, precond_codec: quantization.Codec,
          block_sharding, params=None, replicas: int = 1) -> tuple:
   """Per group: zero statistics, identity preconditioners, zero errors and failures.
@@ -132,7 +129,7 @@ def init(plan: blocking.Plan, codec: quantization.Codec, precond_codec: quantiza
   ``replicas``: how many devices' local plans each group holds, one after the
   other (``sharding.LocalBlocks``).
   """
-  if is_params_stand_in(params):
+  if moments.is_params_stand_in(params):
     return (STAND_IN_GROUPS,) * 4
   place = lambda tree: jax.tree.map(block_sharding.place, tree)  # noqa: E731
   sizes = [(replicas * g.padded_size, g.dim) for g in plan.groups]
