@@ -12,7 +12,7 @@ from shampoo_optax.shampoo_transform import STATIC_ARGS, ShampooState, scale_by_
 from shampoo_optax.soap_transform import STATIC_ARGS as SOAP_STATIC_ARGS
 from shampoo_optax.soap_transform import SoapState, scale_by_soap
 
-__version__ = "0.5.0"
+__version__ = "0.5.1"
 
 __all__ = (
     "BlockedMoment",

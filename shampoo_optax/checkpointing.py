@@ -297,8 +297,7 @@ def _moments_to_blocks(by_path: dict, prefix: tuple, template: ShampooState | So
       for d, dim in enumerate(shape.dims):
         by_path[prefix + (field, "shapes", str(j), "dims", str(d))] = np.zeros(
             dim.shape, dim.dtype)
-    likes = jax.tree.leaves(moment.tree, is_leaf=lambda x: x is None or isinstance(
-        x, quantization.QuantizedArray))
+    likes = jax.tree.structure(params).flatten_up_to(moment.tree)
     for i, (lp, (key, subs), like) in enumerate(zip(plan.leaves, found, likes)):
       new_key = prefix + (field, "tree") + param_paths[i]
       if lp.is_preconditioned:  # None in the tree: nothing saved

@@ -109,13 +109,16 @@ class Core:
             f"this optimizer's update takes a {state_cls.__name__}, got a "
             f"{type(state).__name__}: the state of another optimizer, or a checkpoint "
             "restored without a target (see shampoo_optax.upgrade_state)")
-      validation.check_updates_match(updates, self.moments.shapes(state.mu))
+      shapes = self.moments.shapes(state.mu, updates)
+      if shapes is None:
+        validation.raise_tree_mismatch(updates, state.mu.tree)
+      validation.check_updates_match(updates, shapes)
       self._check_groups(updates, state)
       count = optax.safe_increment(state.count)
       mu, nu = self.moments.load(state.mu, state.nu, updates)
       step, mu, nu, groups = step_fn(updates, mu, nu, tuple(state[3:]), count)
       updates = jax.tree.map(lambda s, g: s.astype(g.dtype), step, updates)
-      mu, nu = self.moments.store(mu, nu, state.mu, state.nu, count)
+      mu, nu = self.moments.store(mu, nu, state.mu, state.nu, count, updates)
       return updates, state_cls(count, mu, nu, *groups)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
@@ -135,10 +138,11 @@ class Core:
     plan = self.plan(grads)
     leaves, treedef = jax.tree.flatten(grads)
     keeps_nu = "nu" in variant.carried
-    # None stands for a leaf whose moments are in the stacks.
-    flatten = functools.partial(jax.tree.flatten, is_leaf=moments.is_placeholder)
-    mu_leaves, mu_def = flatten(mu.tree)
-    nu_leaves, nu_def = flatten(nu.tree) if keeps_nu else (None, None)
+    # None stands for a leaf whose moments are in the stacks; the moments'
+    # trees are read up to the gradients' structure, which keeps the
+    # parameters' own None nodes (no leaves) apart from it.
+    mu_leaves = treedef.flatten_up_to(mu.tree)
+    nu_leaves = treedef.flatten_up_to(nu.tree) if keeps_nu else None
     diagonal = [i for i, lp in enumerate(plan.leaves) if not lp.is_preconditioned]
     take = lambda xs: [xs[i] for i in diagonal]  # noqa: E731
     step, m, n = tree_step(take(leaves), take(mu_leaves), take(nu_leaves) if keeps_nu else ())
@@ -155,9 +159,9 @@ class Core:
       summed = [functools.reduce(jnp.add, parts)
                 for parts in zip(*(out[name] for name in variant.outputs))]
       step_leaves = merge_preconditioned(plan, step_leaves, summed)
-    mu = mu._replace(tree=jax.tree.unflatten(mu_def, mu_leaves), stacks=out.get("mu", mu.stacks))
+    mu = mu._replace(tree=jax.tree.unflatten(treedef, mu_leaves), stacks=out.get("mu", mu.stacks))
     if keeps_nu:
-      nu = nu._replace(tree=jax.tree.unflatten(nu_def, nu_leaves),
+      nu = nu._replace(tree=jax.tree.unflatten(treedef, nu_leaves),
                        stacks=out.get("nu", nu.stacks))
     return jax.tree.unflatten(treedef, step_leaves), mu, nu, groups
 

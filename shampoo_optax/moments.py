@@ -209,10 +209,15 @@ class BlockedMoments:
       return moment._replace(tree=tree, stacks=stacks)
     return load_one(mu), load_one(nu) if self.keeps_nu else ()
 
-  def store(self, mu, nu, old_mu, old_nu, count: jax.Array):
-    """The moments in their stored form; ``count`` seeds stochastic rounding."""
+  def store(self, mu, nu, old_mu, old_nu, count: jax.Array, like):
+    """The moments in their stored form; ``count`` seeds stochastic rounding.
+
+    ``like``: the gradients, whose structure the trees are read up to (see
+    :meth:`shapes`): each parameter's rounding key is its index among them.
+    """
     key = jax.random.fold_in(jax.random.key(1), count)
-    old_leaves, treedef = jax.tree.flatten(old_mu.tree, is_leaf=_is_node)
+    treedef = jax.tree.structure(like)
+    old_leaves = treedef.flatten_up_to(old_mu.tree)
 
     def store_mu(x, old, i):
       if isinstance(old, quantization.QuantizedArray):
@@ -223,7 +228,7 @@ class BlockedMoments:
     mu = old_mu._replace(
         tree=jax.tree.unflatten(treedef, [
             store_mu(x, old, i) for i, (x, old) in enumerate(
-                zip(jax.tree.leaves(mu.tree, is_leaf=_is_node), old_leaves))]),
+                zip(treedef.flatten_up_to(mu.tree), old_leaves))]),
         stacks=tuple(store_mu(x, old, n + s)
                      for s, (x, old) in enumerate(zip(mu.stacks, old_mu.stacks))))
     if not self.keeps_nu:
@@ -234,14 +239,25 @@ class BlockedMoments:
         stacks=tuple(x.astype(old.dtype) for x, old in zip(nu.stacks, old_nu.stacks)))
     return mu, nu
 
-  def shapes(self, mu):
-    """``mu.tree`` with each leaf as the shape the state was initialized for."""
+  def shapes(self, mu, like):
+    """``mu.tree`` with each leaf as the shape the state was initialized for;
+    ``None`` when ``like`` (the gradients) does not have its structure.
+
+    A ``None`` in the parameters (a subtree without leaves, as in Equinox's
+    filtered models) is ``None`` in ``mu.tree`` as well, where a placeholder
+    is too; ``mu.tree`` is read up to ``like``'s structure, which tells them
+    apart.
+    """
     if not isinstance(mu, BlockedMoment):
       raise ValueError(
           "the optimizer state's first moment is in the parameters' layout, as shampoo_optax "
           "kept it before 0.4 (Shampoo) and 0.5 (SOAP); now the preconditioned parameters' "
           "moments are kept in block layout: convert the state with "
           "shampoo_optax.upgrade_state(state, tx, params)")
+    treedef = jax.tree.structure(like)
+    leaves = leaves_up_to(treedef, mu.tree)
+    if leaves is None or sum(map(is_placeholder, leaves)) != len(mu.shapes):
+      return None
     shapes = iter(mu.shapes)
 
     def shape(m):
@@ -249,7 +265,7 @@ class BlockedMoments:
         m = m.values
       return jax.ShapeDtypeStruct(next(shapes).shape if is_placeholder(m) else jnp.shape(m),
                                   jnp.float32)
-    return jax.tree.map(shape, mu.tree, is_leaf=_is_node)
+    return jax.tree.unflatten(treedef, [shape(m) for m in leaves])
 
 
 def is_params_stand_in(params) -> bool:
@@ -260,6 +276,17 @@ def is_params_stand_in(params) -> bool:
 def is_placeholder(x) -> bool:
   """Whether a leaf of a moment's tree stands for a leaf kept in the stacks."""
   return x is None
+
+
+def leaves_up_to(treedef, tree) -> list | None:
+  """``tree``'s subtrees at the leaves of ``treedef`` (the parameters'), so that
+  a placeholder ``None`` is one entry and a ``None`` of the parameters' own
+  (a node without leaves) none; ``None`` when ``tree`` does not have that
+  structure."""
+  try:
+    return treedef.flatten_up_to(tree)
+  except (ValueError, TypeError):
+    return None
 
 
 def stack_dtypes(plan, dtypes: list) -> list:

@@ -108,6 +108,33 @@ def check_float_leaves(tree, what):
       )
 
 
+def raise_tree_mismatch(updates, state_tree):
+  """Raises the error for ``updates`` that do not have the structure of
+  ``state_tree``, a moment's tree: the parameters' tree with ``None`` for
+  each leaf whose moments are kept in block stacks, and the parameters' own
+  ``None`` subtrees. Both are compared with ``None`` as a leaf."""
+  is_none = lambda x: x is None  # noqa: E731
+  got = dict(jax.tree_util.tree_flatten_with_path(updates, is_leaf=is_none)[0])
+  want = dict(jax.tree_util.tree_flatten_with_path(state_tree, is_leaf=is_none)[0])
+  missing = [jax.tree_util.keystr(k) for k in want if k not in got]
+  extra = [jax.tree_util.keystr(k) for k in got if k not in want]
+  # Where both have an entry: None against an array. The state's None is
+  # either the parameters' own or a leaf kept in stacks; only the first is wrong.
+  swapped = [jax.tree_util.keystr(k) for k in got if k in want and (
+      (got[k] is None) != (want[k] is None))]
+  detail = "; ".join(s for s in (
+      f"missing leaves {missing[:5]}" if missing else "",
+      f"unexpected leaves {extra[:5]}" if extra else "",
+  ) if s) or (
+      f"an array where the parameters had None, or None where they had an array, among "
+      f"{swapped[:8]}" if swapped else
+      f"different containers: {jax.tree.structure(updates)} vs "
+      f"{jax.tree.structure(state_tree, is_leaf=is_none)}")
+  raise ValueError(
+      "The gradient tree does not match the tree the optimizer state was "
+      f"initialized with: {detail}.")
+
+
 def check_updates_match(updates, reference):
   """Raises an error naming the leaf where ``updates`` and ``reference`` differ."""
   got = dict(jax.tree_util.tree_flatten_with_path(updates)[0])

@@ -893,3 +893,42 @@ def test_moment_stacks_take_the_widest_dtype_of_their_parameters():
   assert state.mu.shapes[0].shape == (8, 8)
   state = shampoo_optax.scale_by_shampoo(block_size=8, mu_dtype=jnp.bfloat16).init(mixed)
   assert [x.dtype for x in state.mu.stacks] == [jnp.bfloat16]
+
+
+@pytest.mark.parametrize("alias, kw", [
+    (shampoo_optax.shampoo, {}),
+    (shampoo_optax.shampoo, {"statistics_dtype": "int8"}),
+    (shampoo_optax.soap, {}),
+], ids=["shampoo", "shampoo-int8", "soap"])
+def test_none_in_the_parameters_is_an_empty_subtree(rng, alias, kw):
+  """``None`` in the parameters (Equinox's ``eqx.filter(model, eqx.is_array)``
+  puts one for each non-array field) is a subtree without leaves, as in optax:
+  the steps are those of the same tree without it. The moments' trees hold
+  ``None`` for the leaves kept in block stacks too, and the two must not be
+  confused (0.5 read them as one: an update raised StopIteration)."""
+  shapes = {"a": (6, 5), "b": [(4,), (3, 3)], "c": {"w": (7, 2)}}
+  tx = alias(1e-2, block_size=4, precondition_every=2, **kw)
+  with_none = lambda t: {"a": t["a"], "bias": None,  # noqa: E731
+                         "b": [t["b"][0], None, t["b"][1]], "c": {"w": t["c"]["w"], "n": None}}
+  draw = lambda: jax.tree.map(  # noqa: E731
+      lambda shape: jnp.asarray(rng.standard_normal(shape), jnp.float32), shapes,
+      is_leaf=lambda x: isinstance(x, tuple))
+  params = draw()
+  grads_seq = [draw() for _ in range(4)]
+  want, want_state = run_updates(tx, params, grads_seq)
+  got, got_state = run_updates(tx, with_none(params), [with_none(g) for g in grads_seq])
+  for a, b in zip(got, want):
+    assert jax.tree.structure(a) == jax.tree.structure(with_none(b))
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+      np.testing.assert_array_equal(x, y)
+  for x, y in zip(jax.tree.leaves(got_state), jax.tree.leaves(want_state)):
+    np.testing.assert_array_equal(x, y)
+  # An array where the parameters had None is a mismatch, named.
+  bad = with_none(grads_seq[0])
+  bad["bias"] = jnp.ones(3)
+  with pytest.raises(ValueError, match=r"an array where the parameters had None.*'bias'"):
+    tx.update(bad, got_state, with_none(params))
+  bad = with_none(grads_seq[0])
+  del bad["c"]["n"]
+  with pytest.raises(ValueError, match=r"missing leaves \[\"\['c'\]\['n'\]\"\]"):
+    tx.update(bad, got_state, with_none(params))
