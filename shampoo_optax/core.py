@@ -154,7 +154,7 @@ class Core:
     out = {}
     if plan.stacks:
       carried = {"mu": mu.stacks, "nu": nu.stacks} if keeps_nu else {"mu": mu.stacks}
-      out, groups = self.block_step(plan, {"grads": leaves}, groups, count, scalars, variant,
+      out, groups = self.block_step(plan, leaves, groups, count, scalars, variant,
                                     like=grads, carried=carried)
       summed = [functools.reduce(jnp.add, parts)
                 for parts in zip(*(out[name] for name in variant.outputs))]
@@ -225,14 +225,14 @@ class Core:
           "SOAP state saved by 0.2 converts with shampoo_optax.upgrade_state; see the README's "
           "'Changed in 0.3.0'")
 
-  def block_step(self, plan: blocking.Plan, inputs: dict[str, list], groups: tuple,
+  def block_step(self, plan: blocking.Plan, grads: list, groups: tuple,
                  count: jax.Array, scalars: dict[str, Any], variant: Variant, *, like: Any,
                  carried: dict[str, tuple]):
     """The variant's outputs for each preconditioned leaf, and the new groups.
 
-    ``inputs`` are leaf lists in tree order (``'grads'`` among them) of trees
-    shaped like ``like`` (the gradients); the outputs come back as leaf lists
-    of the preconditioned leaves only, with the gradients' shardings.
+    ``grads``: the leaves of ``like`` (the gradients), in tree order; they are
+    cut into blocks once. The outputs come back as leaf lists of the
+    preconditioned leaves only, with the gradients' shardings.
     ``scalars``: numbers and scalar arrays. ``carried``: the variant's state
     in block layout (its moments), per name of
     ``variant.carried`` one array per stack (``moment_rows`` rows); it comes
@@ -240,52 +240,49 @@ class Core:
     """
     carried = {name: tuple(carried[name]) for name in variant.carried}
     if self.local is not None:
-      out, (groups, carried) = self._local_block_step(plan, inputs, (groups, carried), count,
+      out, (groups, carried) = self._local_block_step(plan, grads, (groups, carried), count,
                                                       scalars, variant, like)
       return {**out, **carried}, groups
     step = functools.partial(self._step_in_block_layout, plan, variant=variant,
                              block_sharding=self.block_sharding)
-    grads = preconditioned_only(plan, inputs["grads"])
-    out_like = {name: grads for name in variant.outputs}
+    out_like = {name: preconditioned_only(plan, grads) for name in variant.outputs}
     out, (groups, carried) = sharding_lib.call_in_block_layout(
-        step, (inputs, (groups, carried), count, scalars), out_like, (groups, carried),
+        step, (grads, (groups, carried), count, scalars), out_like, (groups, carried),
         self.block_sharding)
     return {**out, **carried}, groups
 
-  def _local_block_step(self, plan, inputs, groups, count, scalars, variant, like):
+  def _local_block_step(self, plan, grads, groups, count, scalars, variant, like):
     """block_step under FSDP: every device on its own shards, in one shard_map."""
     specs = self.local.leaf_specs(like)
     # The state's groups were checked against this plan (_check_groups).
-    # Inputs sharded otherwise (not as param_specs say) are resharded first:
+    # Gradients sharded otherwise (not as param_specs say) are resharded first:
     # correct, at the cost of the communication this mode exists to avoid.
     mesh = self.block_sharding.mesh
-    to_specs = lambda leaves: [sharding_lib.constrain(x, mesh, spec)  # noqa: E731
-                               for x, spec in zip(leaves, specs)]
-    inputs = {name: to_specs(leaves) for name, leaves in inputs.items()}
+    grads = [sharding_lib.constrain(x, mesh, spec) for x, spec in zip(grads, specs)]
     groups = tuple(jax.tree.map(self.block_sharding.place, g) for g in groups)
     # Python numbers stay constants (as without a mesh); arrays are passed in.
     passed = {k: v for k, v in scalars.items() if isinstance(v, jax.Array)}
     constants = {k: v for k, v in scalars.items() if k not in passed}
     group_spec = jax.tree.map(lambda _: self.block_sharding.spec, groups)
-    in_specs = ({name: specs for name in inputs}, group_spec, PartitionSpec(),
-                {k: PartitionSpec() for k in passed})
+    in_specs = (specs, group_spec, PartitionSpec(), {k: PartitionSpec() for k in passed})
     out_specs = ({name: preconditioned_only(plan, specs) for name in variant.outputs}, group_spec)
 
-    def local(inputs, groups, count, passed):
+    def local(grads, groups, count, passed):
       return self._step_in_block_layout(
-          plan, inputs, groups, count, {**passed, **constants}, variant=variant,
+          plan, grads, groups, count, {**passed, **constants}, variant=variant,
           block_sharding=sharding_lib.BlockSharding())
 
-    return self.local.call(local, (inputs, groups, count, passed), in_specs, out_specs)
+    return self.local.call(local, (grads, groups, count, passed), in_specs, out_specs)
 
-  def _step_in_block_layout(self, plan, inputs, groups, count, scalars, *, variant,
+  def _step_in_block_layout(self, plan, grads, groups, count, scalars, *, variant,
                             block_sharding):
     groups, carried = groups
-    blocks = cut_into_blocks(plan, inputs)
+    # The preconditioned gradients as float32 stacks of blocks: the one cut of the step.
+    stacks = blocking.to_stacks(plan, grads, jnp.float32)
     stats, precond, errors, failures = groups
     place = lambda tree: tuple(jax.tree.map(block_sharding.place, g) for g in tree)  # noqa: E731
     stats = place(factor_matrices.accumulate(
-        plan, stats, blocks["grads"], scalars["b2"], self.codec, count))
+        plan, stats, stacks, scalars["b2"], self.codec, count))
     refresh = functools.partial(
         factor_matrices.refresh, plan, stats, count=count, compute=variant.compute,
         schedule=self.schedule, block_sharding=block_sharding, codec=self.codec,
@@ -304,9 +301,8 @@ class Core:
     # layout, landed").
     rows = [x.shape[0] for x in next(iter(carried.values()))]
     uneven = lambda x, n: block_sharding.replicate(x) if x.shape[0] != n else x  # noqa: E731
-    blocks = {name: [block_sharding.place(_pad_rows(uneven(x, n), n))
-                     for x, n in zip(stacks, rows)] for name, stacks in blocks.items()}
-    blocks.update(carried)
+    blocks = {"grads": [block_sharding.place(_pad_rows(uneven(x, n), n))
+                        for x, n in zip(stacks, rows)], **carried}
     preconditioners = [[(axis, _pad_rows(m, n)) for axis, m in per_axis]
                        for per_axis, n in zip(preconditioners, rows)]
     outputs = variant.apply(plan, blocks, preconditioners, scalars)
@@ -348,11 +344,6 @@ def _from_stacks(plan, output, *, count):
   """An output of ``Variant.apply``: stacks, or (stacks, per-block scales)."""
   stacks, scales = output if isinstance(output, tuple) else (output, None)
   return blocking.from_stacks(plan, stacks, scales, count=count)
-
-
-def cut_into_blocks(plan: blocking.Plan, inputs: dict[str, list]) -> dict[str, list]:
-  """Each input's preconditioned leaves as float32 stacks of blocks: one cut each."""
-  return {name: blocking.to_stacks(plan, leaves, jnp.float32) for name, leaves in inputs.items()}
 
 
 def preconditioned_only(plan: blocking.Plan, leaves: list) -> list:
