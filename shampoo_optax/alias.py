@@ -263,7 +263,7 @@ def soap(
     skip_preconditioning_dim_size_gt: larger dimensions are not rotated.
     basis_method: ``'eigh'``; ``'qr'``, one power-iteration step with a QR
       from the previous basis (after a first cycle with eigh), as in SOAP; or
-      ``'auto'``: qr on TPUs, eigh on CPUs and GPUs.
+      ``'auto'``: eigh on GPUs, qr on CPUs and TPUs.
     stagger_basis_refresh: refresh ``1/precondition_every`` of the bases on
       every step instead of all of them together.
     statistics_dtype: storage of the bases (``'float32'``, ``'bfloat16'``,

@@ -167,6 +167,24 @@ def test_soap_qr_refresh_matches_reference(rng):
     np.testing.assert_allclose(got["w"], ref, rtol=2e-3, atol=2e-6, err_msg=f"step {t}")
 
 
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the CPU's default basis method")
+def test_soap_default_basis_on_cpu_is_qr(rng):
+  """basis_method='auto' (the default) refreshes with the QR power step on CPUs
+  (eigh only on GPUs): with the default staggered refresh its updates are
+  basis_method='qr''s, bit for bit, and after the first cycle no longer
+  eigh's."""
+  shapes = {"w": (12, 10), "v": (6, 5), "b": (5,)}
+  params = _tree(rng, shapes)
+  grads_seq = [_tree(rng, shapes) for _ in range(10)]
+  make = functools.partial(shampoo_optax.soap, 0.01, block_size=16, precondition_every=3)
+  auto, qr, eigh = (_updates(make(**kw), params, grads_seq)
+                    for kw in ({}, {"basis_method": "qr"}, {"basis_method": "eigh"}))
+  for a, q in zip(auto, qr):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(q)):
+      np.testing.assert_array_equal(x, y)
+  assert not np.array_equal(auto[-1]["w"], eigh[-1]["w"])
+
+
 def test_orthogonalized_shampoo_matches_reference(rng):
   """orthogonalize=True with the default staggered refresh: each matrix block's
   preconditioned direction replaced by its Newton-Schulz polar factor, then
