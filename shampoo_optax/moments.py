@@ -256,7 +256,9 @@ class BlockedMoments:
           "shampoo_optax.upgrade_state(state, tx, params)")
     treedef = jax.tree.structure(like)
     leaves = leaves_up_to(treedef, mu.tree)
-    if leaves is None or sum(map(is_placeholder, leaves)) != len(mu.shapes):
+    if (leaves is None or sum(map(is_placeholder, leaves)) != len(mu.shapes)
+        or not all(is_placeholder(m) or isinstance(m, quantization.QuantizedArray)
+                   or hasattr(m, "shape") for m in leaves)):  # a subtree at a leaf
       return None
     shapes = iter(mu.shapes)
 

@@ -424,6 +424,10 @@ def test_mismatched_tree_names_the_leaf(rng, mu_dtype):
     tx.update({"a": jnp.ones((3, 3)), "b": {"c": jnp.ones(2, jnp.int32)}}, state)
   with pytest.raises(TypeError, match=r"params\['n'\]"):
     tx.init({"n": jnp.arange(3)})
+  # A leaf where the state has a subtree.
+  with pytest.raises(ValueError, match=r"missing leaves \[\"\['b'\]\['c'\]\"\]; "
+                     r"unexpected leaves \[\"\['b'\]\"\]"):
+    tx.update({"a": jnp.ones((3, 3)), "b": jnp.ones(2)}, state)
 
 
 def test_a_shape_that_fits_the_same_stacks_names_the_leaf():
