@@ -31,7 +31,8 @@ request), only through the package's public API (``shampoo_optax.shampoo`` / ``s
   ``true_computation=`` / ``false_computation=``) or is called, at any depth, from one. In
   ``shampoo`` and ``soap`` the conditionals are the root/basis refresh (skipped on steps where
   no row is due). A GPU waits on a conditional's predicate, so there the staggered default has
-  none; ``--refresh-as gpu`` (the default) compiles it so here too, ``--refresh-as backend`` as
+  none; ``--refresh-as gpu`` (the default) compiles it so here too, and ``soap`` with the
+  GPU's basis method (eigh, where a CPU's ``'auto'`` is QR); ``--refresh-as backend`` as
   this backend would (a CPU keeps the conditionals).
 - gathers and scatters by the source line that emitted them: issue 12's target is none outside
   the refresh (the due rows' reads and writes: ``factor_matrices.py``, ``quantization.py``;
@@ -101,6 +102,10 @@ def make_optimizer(name: str, args: argparse.Namespace) -> optax.GradientTransfo
   name, kwargs, _ = peers.parse_spec(name)
   blocks = dict(block_size=args.block_size, precondition_every=args.precondition_every,
                 weight_decay=wd, **kwargs)
+  if name == "soap" and args.refresh_as == "gpu":
+    # What basis_method='auto' is on GPUs; this backend's 'auto' would be
+    # its own choice (QR on CPUs since 0.5.1).
+    blocks.setdefault("basis_method", "eigh")
   builders: dict[str, Callable[[], optax.GradientTransformation]] = {
       "adamw": lambda: peers.adamw(lr, weight_decay=wd),
       "muon": lambda: peers.muon(lr, weight_decay=wd),
