@@ -133,11 +133,6 @@ class BlockedMoment(NamedTuple):
 STAND_IN_STACKS = "moment stacks"
 
 
-def _is_node(x) -> bool:
-  """A leaf of a moment's tree: an array, an int8 one, or None (see ``is_placeholder``)."""
-  return x is None or isinstance(x, quantization.QuantizedArray)
-
-
 @dataclasses.dataclass(frozen=True)
 class BlockedMoments:
   """Storage of moments in block layout (:class:`BlockedMoment`).
@@ -201,10 +196,14 @@ class BlockedMoments:
 
   def load(self, mu, nu, grads):
     """The moments for computing: tree leaves in the gradients' dtypes,
-    stacks in float32."""
+    stacks in float32 (the trees read up to the gradients' structure, see
+    :meth:`shapes`)."""
+    leaves, treedef = jax.tree.flatten(grads)
+
     def load_one(moment):
-      tree = jax.tree.map(lambda g, m: m if is_placeholder(m) else _decode(m, g.dtype),
-                          grads, moment.tree, is_leaf=_is_node)
+      tree = jax.tree.unflatten(treedef, [
+          m if is_placeholder(m) else _decode(m, g.dtype)
+          for g, m in zip(leaves, treedef.flatten_up_to(moment.tree))])
       stacks = tuple(_decode(s, jnp.float32) for s in moment.stacks)
       return moment._replace(tree=tree, stacks=stacks)
     return load_one(mu), load_one(nu) if self.keeps_nu else ()

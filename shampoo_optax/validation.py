@@ -108,6 +108,20 @@ def check_float_leaves(tree, what):
       )
 
 
+def _raise_tree_mismatch(got: dict, want: dict, otherwise: str):
+  """The error for trees of other leaves (``got``, ``want``: leaves by key
+  path): the leaves missing and unexpected, or ``otherwise``."""
+  missing = [jax.tree_util.keystr(k) for k in want if k not in got]
+  extra = [jax.tree_util.keystr(k) for k in got if k not in want]
+  detail = "; ".join(s for s in (
+      f"missing leaves {missing[:5]}" if missing else "",
+      f"unexpected leaves {extra[:5]}" if extra else "",
+  ) if s) or otherwise
+  raise ValueError(
+      "The gradient tree does not match the tree the optimizer state was "
+      f"initialized with: {detail}.")
+
+
 def raise_tree_mismatch(updates, state_tree):
   """Raises the error for ``updates`` that do not have the structure of
   ``state_tree``, a moment's tree: the parameters' tree with ``None`` for
@@ -116,23 +130,15 @@ def raise_tree_mismatch(updates, state_tree):
   is_none = lambda x: x is None  # noqa: E731
   got = dict(jax.tree_util.tree_flatten_with_path(updates, is_leaf=is_none)[0])
   want = dict(jax.tree_util.tree_flatten_with_path(state_tree, is_leaf=is_none)[0])
-  missing = [jax.tree_util.keystr(k) for k in want if k not in got]
-  extra = [jax.tree_util.keystr(k) for k in got if k not in want]
   # Where both have an entry: None against an array. The state's None is
   # either the parameters' own or a leaf kept in stacks; only the first is wrong.
   swapped = [jax.tree_util.keystr(k) for k in got if k in want and (
       (got[k] is None) != (want[k] is None))]
-  detail = "; ".join(s for s in (
-      f"missing leaves {missing[:5]}" if missing else "",
-      f"unexpected leaves {extra[:5]}" if extra else "",
-  ) if s) or (
+  _raise_tree_mismatch(got, want, (
       f"an array where the parameters had None, or None where they had an array, among "
       f"{swapped[:8]}" if swapped else
       f"different containers: {jax.tree.structure(updates)} vs "
-      f"{jax.tree.structure(state_tree, is_leaf=is_none)}")
-  raise ValueError(
-      "The gradient tree does not match the tree the optimizer state was "
-      f"initialized with: {detail}.")
+      f"{jax.tree.structure(state_tree, is_leaf=is_none)}"))
 
 
 def check_updates_match(updates, reference):
@@ -142,21 +148,9 @@ def check_updates_match(updates, reference):
   if got.keys() != want.keys() or (
       jax.tree.structure(updates) != jax.tree.structure(reference)
   ):
-    missing = [jax.tree_util.keystr(k) for k in want if k not in got]
-    extra = [jax.tree_util.keystr(k) for k in got if k not in want]
-    detail = "; ".join(
-        s for s in (
-            f"missing leaves {missing[:5]}" if missing else "",
-            f"unexpected leaves {extra[:5]}" if extra else "",
-        ) if s
-    ) or (
+    _raise_tree_mismatch(got, want, (
         f"same leaves but different containers: {jax.tree.structure(updates)} "
-        f"vs {jax.tree.structure(reference)}"
-    )
-    raise ValueError(
-        "The gradient tree does not match the tree the optimizer state was "
-        f"initialized with: {detail}."
-    )
+        f"vs {jax.tree.structure(reference)}"))
   for key, leaf in got.items():
     name = f"updates{jax.tree_util.keystr(key)}"
     want_shape = tuple(want[key].shape if hasattr(want[key], "shape") else jnp.shape(want[key]))
